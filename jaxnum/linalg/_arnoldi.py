@@ -1,0 +1,121 @@
+"""One restart cycle of (projected) Arnoldi with Givens-updated least squares."""
+
+from typing import NamedTuple
+
+import jax.lax as lax
+import jax.numpy as jnp
+import jax.scipy.linalg as jsl
+from jaxtyping import Array, Bool, Float, Int
+
+
+class Cycle(NamedTuple):
+    """What one cycle hands back (buffers are full size; `steps` says how much is used).
+
+    `V` holds the Arnoldi vectors as rows `(S+1, n)`, `H` the unrotated Hessenberg
+    matrix `(S+1, S)`, `B = C^T A M V` `(k, S)` the coefficients removed by the
+    projection, `y` the least-squares solution `(S,)` (zero past `steps`), `estimate`
+    the Givens estimate of the residual norm after the cycle.
+    """
+
+    V: Float[Array, "S+1 n"]
+    H: Float[Array, "S+1 S"]
+    B: Float[Array, "k S"]
+    y: Float[Array, " S"]
+    estimate: Float[Array, ""]
+    steps: Int[Array, ""]
+    breakdown: Bool[Array, ""]
+
+
+def _rotate_column(col, cs, sn, j):
+    """Applies the first `j` Givens rotations to a Hessenberg column."""
+
+    def body(i, col):
+        a, b = col[i], col[i + 1]
+        col = col.at[i].set(cs[i] * a + sn[i] * b)
+        return col.at[i + 1].set(-sn[i] * a + cs[i] * b)
+
+    return lax.fori_loop(0, j, body, col)
+
+
+def arnoldi_cycle(
+    matvec, precond, r: Array, beta: Array, C: Array | None, limit, size: int, tol
+) -> Cycle:
+    """Runs up to `min(limit, size)` Arnoldi steps on `(I - C C^T) A M` from `r/beta`.
+
+    Orthogonalisation is classical Gram-Schmidt applied twice (CGS2), which is as
+    stable as modified Gram-Schmidt and runs as two matrix-vector products per pass.
+    Stops early once the Givens estimate of the residual falls to `tol` (the caller
+    then checks the true residual), or on (lucky) breakdown.
+    """
+    n = r.shape[0]
+    dtype = r.dtype
+    k = 0 if C is None else C.shape[1]
+    eps = jnp.finfo(dtype).eps
+    V = jnp.zeros((size + 1, n), dtype).at[0].set(r / jnp.where(beta > 0, beta, 1.0))
+    H = jnp.zeros((size + 1, size), dtype)
+    R = jnp.zeros((size + 1, size), dtype)
+    B = jnp.zeros((k, size), dtype)
+    cs = jnp.zeros(size, dtype)
+    sn = jnp.zeros(size, dtype)
+    g = jnp.zeros(size + 1, dtype).at[0].set(beta)
+
+    def cond(carry):
+        j, _, _, _, _, _, _, g, breakdown = carry
+        return (j < limit) & (jnp.abs(g[j]) > tol) & ~breakdown
+
+    def body(carry):
+        j, V, H, R, B, cs, sn, g, _ = carry
+        w = matvec(precond(V[j]))
+        w_norm0 = jnp.linalg.norm(w)
+        h = jnp.zeros(size + 1, dtype)
+        b = jnp.zeros(k, dtype)
+        for _ in range(2):  # CGS2
+            if C is not None:
+                bb = C.T @ w
+                w = w - C @ bb
+                b = b + bb
+            hh = V @ w  # rows past j are zero, so this only sees v_0..v_j
+            w = w - V.T @ hh
+            h = h + hh
+        hn = jnp.linalg.norm(w)
+        breakdown = hn <= 10 * eps * w_norm0
+        V = V.at[j + 1].set(jnp.where(breakdown, 0.0, w / jnp.where(breakdown, 1.0, hn)))
+        h = h.at[j + 1].set(hn)
+        H = H.at[:, j].set(h)
+        B = B.at[:, j].set(b)
+        col = _rotate_column(h, cs, sn, j)
+        a, c = col[j], col[j + 1]
+        denom = jnp.hypot(a, c)
+        safe = denom > 0
+        cj = jnp.where(safe, a / jnp.where(safe, denom, 1.0), 1.0)
+        sj = jnp.where(safe, c / jnp.where(safe, denom, 1.0), 0.0)
+        col = col.at[j].set(denom).at[j + 1].set(0.0)
+        R = R.at[:, j].set(col)
+        cs = cs.at[j].set(cj)
+        sn = sn.at[j].set(sj)
+        gj = g[j]
+        g = g.at[j].set(cj * gj).at[j + 1].set(-sj * gj)
+        return j + 1, V, H, R, B, cs, sn, g, breakdown
+
+    init = (jnp.array(0), V, H, R, B, cs, sn, g, jnp.array(False))
+    j, V, H, R, B, cs, sn, g, breakdown = lax.while_loop(cond, body, init)
+    # Least squares on the used part: pad the unused diagonal with ones.
+    used = jnp.arange(size) < j
+    Rs = R[:size, :size]
+    Rs = jnp.where(used[None, :] & used[:, None], Rs, 0.0) + jnp.diag(
+        jnp.where(used, 0.0, 1.0)
+    )
+    diag = jnp.diagonal(Rs)
+    # An exactly singular R (breakdown on an inconsistent system) must not divide
+    # by zero: such a direction simply gets no weight.
+    Rs = Rs + jnp.diag(jnp.where(diag == 0, 1.0, 0.0))
+    rhs = jnp.where(used, g[:size], 0.0)
+    y = jsl.solve_triangular(Rs, rhs, lower=False)
+    y = jnp.where(used & (diag != 0), y, 0.0)
+    return Cycle(V, H, B, y, jnp.abs(g[j]), j, breakdown)
+
+
+def residual_update(r: Array, cycle: Cycle) -> Array:
+    """`r - (I - C C^T) A M V y = r - V_{S+1} H y` without a matrix-vector product."""
+    return r - cycle.V.T @ (cycle.H @ cycle.y)
+

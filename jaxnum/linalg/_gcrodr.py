@@ -1,0 +1,237 @@
+"""GCRO-DR: GMRES with deflated restarting and Krylov subspace recycling."""
+
+import jax.lax as lax
+import jax.numpy as jnp
+import lineax as lx
+
+from ._arnoldi import Cycle
+from ._gmres import conj_options, krylov_stats, transpose_options
+from ._misc import (
+    check_square,
+    check_tolerances,
+    default_max_steps,
+    final_result,
+    flat_matvec,
+    flat_precond,
+    get_preconditioner,
+    get_y0,
+)
+from ._recycle import adaptive_update, check_space, empty_space, RecycleSpace, reproject
+from ._restarted import restarted_krylov
+
+
+def _realify(vectors, values):
+    """A real basis of the span of selected (possibly complex) eigenvectors.
+
+    A complex-conjugate pair `(z, conj z)` contributes `Re z` and `Im z`; a real
+    eigenvector contributes itself (Parks et al. 2006, section 3).
+    """
+    return jnp.where(jnp.imag(values)[None, :] < 0, vectors.imag, vectors.real)
+
+
+def harmonic_ritz_harvest(k: int, size: int):
+    """Returns `harvest(U, C, have, cycle)`: the `k` harmonic Ritz vectors of smallest
+    harmonic Ritz value from the space `[U, V]` of the cycle just finished.
+
+    With `V̂ = [U D, V_S]`, `Ŵ = [C, V_{S+1}]` and `A M V̂ = Ŵ Ḡ`, the harmonic Ritz
+    problem is `Ḡ^T Ḡ z = θ Ḡ^T Ŵ^T V̂ z`. JAX has no non-symmetric *generalised*
+    eigensolver, so we solve the standard problem `(Ḡ^+ Ŵ^T V̂) z = μ z` with
+    `μ = 1/θ` and keep the `k` largest `|μ|`. Unused Arnoldi columns (short cycles)
+    and an absent `U` are masked so that they give `μ = 0` and are never chosen.
+    """
+
+    def harvest(U, C, have, cycle: Cycle):
+        dtype = U.dtype
+        j = cycle.steps
+        used = jnp.arange(size) < j
+        unorm = jnp.linalg.norm(U, axis=0)
+        d = jnp.where(have & (unorm > 0), 1.0 / jnp.where(unorm > 0, unorm, 1.0), 0.0)
+        Uhat = U * d[None, :]
+        Vs = jnp.where(used[:, None], cycle.V[:size], 0.0)  # (S, n)
+        # Ḡ = [[D, B], [0, H̄]], with identity placeholders on masked columns.
+        top_left = jnp.where(have, jnp.diag(d), jnp.eye(k, dtype=dtype))
+        B = jnp.where(used[None, :] & have, cycle.B, 0.0)
+        Hbar = jnp.where(used[None, :], cycle.H, 0.0)
+        placeholder = jnp.where(used, 0.0, 1.0)
+        Hbar = Hbar + jnp.eye(size + 1, size, k=-1, dtype=dtype) * placeholder[None, :]
+        G = jnp.block([[top_left, B], [jnp.zeros((size + 1, k), dtype), Hbar]])
+        # Ŵ^T V̂, using C ⟂ V and V orthonormal (both hold to rounding by CGS2).
+        CtU = C.T @ Uhat
+        VtU = cycle.V @ Uhat
+        eye_used = jnp.eye(size + 1, size, dtype=dtype) * used[None, :]
+        WtV = jnp.block([[CtU, jnp.zeros((k, size), dtype)], [VtU, eye_used]])
+        q, r = jnp.linalg.qr(G)
+        M = lax.linalg.triangular_solve(r, q.T @ WtV, left_side=True, lower=False)
+        mu, Z = jnp.linalg.eig(M)
+        idx = jnp.argsort(-jnp.abs(mu), stable=True)[:k]
+        P = _realify(Z[:, idx], mu[idx]).astype(dtype)
+        P, _ = jnp.linalg.qr(P)
+        Qp, Rp = jnp.linalg.qr(G @ P)
+        C_new = C @ Qp[:k] + cycle.V.T @ Qp[k:]
+        Y = Uhat @ P[:k] + Vs.T @ P[k:]
+        rd = jnp.abs(jnp.diagonal(Rp))
+        ok = jnp.all(jnp.isfinite(Rp)) & (
+            jnp.min(rd) > 1e3 * jnp.finfo(dtype).eps * jnp.max(rd)
+        )
+        # Enough directions to choose from: k from U, or j >= k new Arnoldi vectors.
+        ok = ok & (have | (j >= k)) & jnp.all(jnp.isfinite(mu))
+        Rp_safe = jnp.where(ok, Rp, jnp.eye(k, dtype=dtype))
+        U_new = lax.linalg.triangular_solve(Rp_safe, Y, left_side=False, lower=False)
+        U_out = jnp.where(ok, U_new, U)
+        C_out = jnp.where(ok, C_new, C)
+        return U_out, C_out, have | ok
+
+    return harvest
+
+
+class GCRODR(lx.AbstractLinearSolver):
+    """GCRO-DR(m, k): GMRES with deflated restarting and subspace recycling.
+
+    Solves a *sequence* of related systems, carrying a `k`-dimensional recycle space
+    `U` (harmonic Ritz vectors for the eigenvalues nearest zero) from one system to
+    the next (Parks, de Sturler, Mackey, Johnson and Maiti 2006, "Recycling Krylov
+    subspaces for sequences of linear systems"; used for neural-operator data
+    generation in Wang et al. 2024, "Accelerating Data Generation for Neural
+    Operators via Krylov Subspace Recycling").
+
+    Each solve starts by re-projecting the carried space for its own operator,
+    `C = A M U`, `C = QR`, `U <- U R^{-1}` (`k` matrix-vector products, done as one
+    batched product and counted), then runs cycles of `m - k` Arnoldi steps on
+    `(I - C C^T) A M`. After each cycle the recycle space is refreshed from the
+    harmonic Ritz vectors of the cycle's space. A solve with no carried space starts
+    with one GMRES(`m`) cycle. The exit test is on the true residual, as in GMRES.
+
+    **Arguments:**
+
+    - `rtol`, `atol`: tolerances on the true residual `||b - A x||_2`.
+    - `restart`: `m`, the dimension of the search space per cycle.
+    - `recycle`: `k < m`, the dimension of the recycle space.
+    - `max_steps`: the most matrix-vector products; default `10 n`.
+    - `adaptive`: detect a carried space that does not pay (its solve needs more
+        than `drop_ratio` times the matrix-vector products of recent fresh solves),
+        and then start the next solves fresh, with exponential back-off, instead of
+        carrying it.
+    - `drop_ratio`, `max_backoff`: the adaptive policy's threshold and longest
+        back-off.
+
+    **Options:** `recycle` (a `RecycleSpace`, e.g. the previous solve's
+    `stats["recycle"]`; absent means start fresh), `preconditioner` (right), `y0`.
+
+    **Stats:** `num_matvecs` (re-projection included), `num_restarts`, `residual`
+    (final true relative residual), `recycle` (the new `RecycleSpace`), and
+    `carried` (whether this solve used the carried space).
+
+    **Derivatives:** implicit, through `lineax.linear_solve`. Tangent solves reuse the
+    space (same operator); transposed solves keep it only for symmetric operators.
+
+    Compare `scipy.sparse.linalg.gcrotmk` (the related GCROT(m, k)).
+    """
+
+    rtol: float
+    atol: float
+    restart: int = 40
+    recycle: int = 20
+    max_steps: int | None = None
+    adaptive: bool = True
+    drop_ratio: float = 0.95
+    max_backoff: int = 16
+
+    def __check_init__(self):
+        check_tolerances("GCRODR", self.rtol, self.atol)
+        if self.recycle < 1:
+            raise ValueError(f"GCRODR: `recycle` must be at least 1, got {self.recycle}.")
+        if self.recycle >= self.restart:
+            raise ValueError(
+                f"GCRODR: `recycle` (k={self.recycle}) must be smaller than `restart` "
+                f"(m={self.restart}); each cycle adds m - k new Krylov vectors. The "
+                "usual choice is k = m/2, e.g. GCRODR(restart=40, recycle=20)."
+            )
+
+    def empty_recycle(self, operator: lx.AbstractLinearOperator) -> RecycleSpace:
+        """An empty `RecycleSpace` of the right shape for `operator`."""
+        flat = check_square(operator, "GCRODR")
+        return empty_space(flat.size, self.recycle, flat.dtype)
+
+    def init(self, operator, options):
+        flat = check_square(operator, "GCRODR")
+        if self.restart > flat.size:
+            raise ValueError(
+                f"GCRODR: `restart` (m={self.restart}) exceeds the system size "
+                f"{flat.size}; choose m <= n and recycle < m."
+            )
+        return operator
+
+    def compute(self, state, vector, options):
+        operator = state
+        flat = check_square(operator, "GCRODR")
+        n, k, m = flat.size, self.recycle, self.restart
+        preconditioner = get_preconditioner(operator, options, "GCRODR")
+        x0 = get_y0(flat, vector, options, "GCRODR")
+        space = options.get("recycle", None)
+        space = (
+            empty_space(n, k, flat.dtype)
+            if space is None
+            else check_space(space, n, k, flat.dtype, "GCRODR")
+        )
+        space = lax.stop_gradient(space)
+        matvec = flat_matvec(operator, flat)
+        precond = flat_precond(preconditioner, flat)
+        carried = space.active
+        if self.adaptive:
+            carried = carried & (space.skip == 0)
+
+        def project(basis):
+            return reproject(lambda u: matvec(precond(u)), basis)
+
+        def skip(basis):
+            return jnp.zeros_like(basis), jnp.zeros_like(basis), jnp.array(False)
+
+        U, C, ok = lax.cond(carried, project, skip, space.basis)
+        have = carried & ok
+        U = jnp.where(have, U, 0.0)
+        C = jnp.where(have, C, 0.0)
+        loop = restarted_krylov(
+            matvec,
+            precond,
+            flat.ravel(vector),
+            x0,
+            "y0" in options,
+            size=m,
+            rtol=self.rtol,
+            atol=self.atol,
+            max_steps=default_max_steps(self.max_steps, n),
+            U=U,
+            C=C,
+            have=have,
+            harvest=harmonic_ritz_harvest(k, m),
+            matvecs0=jnp.where(carried, k, 0),
+        )
+        new_space = RecycleSpace(
+            basis=jnp.where(loop.have, loop.U, space.basis),
+            image=jnp.where(loop.have, loop.C, space.image),
+            active=loop.have | space.active,
+            skip=space.skip,
+            backoff=space.backoff,
+            reference=space.reference,
+        )
+        if self.adaptive:
+            new_space = adaptive_update(
+                new_space, carried, loop.num_matvecs, self.drop_ratio, self.max_backoff
+            )
+        result = final_result(
+            loop.converged, loop.ok_input, loop.stagnated & ~loop.broke, ~loop.broke
+        )
+        stats = krylov_stats(loop)
+        stats["recycle"] = new_space
+        stats["carried"] = carried
+        return flat.unravel(loop.x), result, stats
+
+    def transpose(self, state, options):
+        keep = lx.is_symmetric(state)
+        return state.transpose(), transpose_options(state, options, keep_recycle=keep)
+
+    def conj(self, state, options):
+        return lx.conj(state), conj_options(options)
+
+    def assume_full_rank(self):
+        return True

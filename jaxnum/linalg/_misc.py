@@ -1,0 +1,153 @@
+"""Plumbing shared by jaxnum's Krylov solvers: flattening, input checks, options."""
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import lineax as lx
+from jaxtyping import Array, PyTree
+
+
+class Flattener(eqx.Module):
+    """Maps a PyTree of arrays with a fixed structure to one flat vector and back."""
+
+    treedef: Any = eqx.field(static=True)
+    shapes: tuple[tuple[int, ...], ...] = eqx.field(static=True)
+    dtype: Any = eqx.field(static=True)
+
+    def __init__(self, structure: PyTree[jax.ShapeDtypeStruct]):
+        leaves, self.treedef = jtu.tree_flatten(structure)
+        self.shapes = tuple(tuple(leaf.shape) for leaf in leaves)
+        self.dtype = jnp.result_type(*[leaf.dtype for leaf in leaves])
+
+    @property
+    def size(self) -> int:
+        return sum(math.prod(s) for s in self.shapes)
+
+    def ravel(self, tree: PyTree[Array]) -> Array:
+        leaves = jtu.tree_leaves(tree)
+        if len(leaves) == 1:
+            return jnp.reshape(leaves[0], -1).astype(self.dtype)
+        return jnp.concatenate([jnp.reshape(x, -1).astype(self.dtype) for x in leaves])
+
+    def unravel(self, flat: Array) -> PyTree[Array]:
+        out, start = [], 0
+        for shape in self.shapes:
+            size = math.prod(shape)
+            out.append(flat[start : start + size].reshape(shape))
+            start += size
+        return jtu.tree_unflatten(self.treedef, out)
+
+
+def check_square(operator: lx.AbstractLinearOperator, name: str) -> Flattener:
+    """Trace-time checks every Krylov solver needs; returns the flattener."""
+    if not isinstance(operator, lx.AbstractLinearOperator):
+        raise TypeError(
+            f"{name} needs a lineax operator (e.g. `lineax.MatrixLinearOperator(A)` "
+            f"or `jaxnum.linalg.StencilOperator(weights)`); got {type(operator)}."
+        )
+    in_struct = operator.in_structure()
+    out_struct = operator.out_structure()
+    if operator.in_size() != operator.out_size():
+        raise ValueError(
+            f"{name} needs a square operator, but this one maps {operator.in_size()} "
+            f"inputs to {operator.out_size()} outputs. For rectangular systems use a "
+            "least-squares solver such as `lineax.LSMR` or `lineax.QR`."
+        )
+    if eqx.tree_equal(
+        jtu.tree_map(lambda s: (s.shape, s.dtype), in_struct),
+        jtu.tree_map(lambda s: (s.shape, s.dtype), out_struct),
+    ) is not True:
+        raise ValueError(
+            f"{name} needs an operator whose input and output structures agree (a "
+            f"Krylov space applies it to its own outputs); got input {in_struct} and "
+            f"output {out_struct}."
+        )
+    flat = Flattener(in_struct)
+    if not jnp.issubdtype(flat.dtype, jnp.floating):
+        raise TypeError(
+            f"{name} supports real floating dtypes (float32/float64); got "
+            f"{flat.dtype}. Split a complex system into real and imaginary parts."
+        )
+    return flat
+
+
+def get_preconditioner(
+    operator: lx.AbstractLinearOperator, options: dict[str, Any], name: str
+) -> lx.AbstractLinearOperator | None:
+    """The `preconditioner` option, checked against the operator (None if absent)."""
+    preconditioner = options.get("preconditioner", None)
+    if preconditioner is None:
+        return None
+    if not isinstance(preconditioner, lx.AbstractLinearOperator):
+        raise TypeError(
+            f"{name}: `options['preconditioner']` must be a lineax operator "
+            "approximating the inverse of the system operator (for example "
+            f"`jaxnum.linalg.jacobi(operator)`); got {type(preconditioner)}."
+        )
+    structure = jtu.tree_map(lambda s: (s.shape, s.dtype), operator.in_structure())
+    for which in ("in_structure", "out_structure"):
+        got = jtu.tree_map(lambda s: (s.shape, s.dtype), getattr(preconditioner, which)())
+        if eqx.tree_equal(got, structure) is not True:
+            raise ValueError(
+                f"{name}: the preconditioner's {which} {got} does not match the "
+                f"operator's input structure {structure}; it must be an operator of "
+                "the same size as the system (it approximates its inverse)."
+            )
+    return lx.linearise(preconditioner)
+
+
+def get_y0(flat: Flattener, vector: PyTree[Array], options: dict[str, Any], name: str):
+    y0 = options.get("y0", None)
+    if y0 is None:
+        return jnp.zeros(flat.size, flat.dtype)
+    if eqx.tree_equal(
+        jtu.tree_map(lambda s: (jnp.shape(s), jnp.result_type(s)), y0),
+        jtu.tree_map(lambda s: (jnp.shape(s), jnp.result_type(s)), vector),
+    ) is not True:
+        raise ValueError(f"{name}: `options['y0']` must have the structure of `vector`.")
+    return flat.ravel(y0)
+
+
+def flat_matvec(operator, flat: Flattener) -> Callable[[Array], Array]:
+    return lambda x: flat.ravel(operator.mv(flat.unravel(x)))
+
+
+def flat_precond(preconditioner, flat: Flattener) -> Callable[[Array], Array]:
+    if preconditioner is None:
+        return lambda x: x
+    return lambda x: flat.ravel(preconditioner.mv(flat.unravel(x)))
+
+
+def batched_matvec(matvec: Callable[[Array], Array], block: Array) -> Array:
+    """`A @ block` for a block of column vectors `(n, k)`, as one batched product."""
+    return jax.vmap(matvec, in_axes=1, out_axes=1)(block)
+
+
+def default_max_steps(max_steps: int | None, n: int) -> int:
+    return 10 * n if max_steps is None else max_steps
+
+
+def final_result(converged, ok_input, stagnated, finite):
+    """Maps the loop's exit flags to a lineax RESULTS value."""
+    result = lx.RESULTS.where(converged, lx.RESULTS.successful, lx.RESULTS.max_steps_reached)
+    result = lx.RESULTS.where(
+        ~converged & stagnated, lx.RESULTS.stagnation, result
+    )
+    result = lx.RESULTS.where(~finite, lx.RESULTS.breakdown, result)
+    result = lx.RESULTS.where(~ok_input, lx.RESULTS.nonfinite_input, result)
+    return result
+
+
+def all_finite(*arrays) -> Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays]))
+
+
+def check_tolerances(name: str, rtol, atol):
+    for label, value in (("rtol", rtol), ("atol", atol)):
+        if isinstance(value, (int, float)) and value < 0:
+            raise ValueError(f"{name}: `{label}` must be non-negative, got {value}.")
