@@ -1,0 +1,311 @@
+"""Preconditioned conjugate gradients, optionally deflated by a recycle space."""
+
+from typing import NamedTuple
+
+import jax.lax as lax
+import jax.numpy as jnp
+import lineax as lx
+from jaxtyping import Array, Bool, Float, Int
+
+from ._gmres import conj_options, transpose_options
+from ._misc import (
+    all_finite,
+    check_square,
+    check_tolerances,
+    default_max_steps,
+    final_result,
+    flat_matvec,
+    flat_precond,
+    get_preconditioner,
+    get_y0,
+)
+
+
+class CGOut(NamedTuple):
+    x: Float[Array, " n"]
+    residual: Float[Array, ""]
+    num_matvecs: Int[Array, ""]
+    num_restarts: Int[Array, ""]
+    converged: Bool[Array, ""]
+    broke: Bool[Array, ""]
+    ok_input: Bool[Array, ""]
+    iterations: Int[Array, ""]
+    ritz: Float[Array, "n k"]  # approximate eigenvectors harvested by eigCG
+    ritz_count: Int[Array, ""]  # how many Lanczos vectors they were drawn from
+
+
+def deflated_cg_loop(
+    matvec, precond, b, x0, has_x0, *, rtol, atol, max_steps, W=None, AW=None,
+    harvest: int = 0, ritz: int = 0, matvecs0=0,
+) -> CGOut:
+    """PCG with deflation (Saad, Yeung, Erhel and Guyomarc'h 2000, Algorithm 3.6).
+
+    With `W` (and `AW = A W`), the iterates stay in `x0 + W y + K`, with search
+    directions kept `A`-orthogonal to `W`: `p = z - W (W^T A W)^{-1} (AW)^T z`. With
+    `W = None` this is plain PCG. The recurrence residual triggers the exit; the true
+    residual (one counted matrix-vector product) confirms it, and replaces the
+    recurrence residual (restarting the directions) if they disagree.
+    """
+    n, dtype = b.shape[0], b.dtype
+    bnorm = jnp.linalg.norm(b)
+    tol = rtol * bnorm + atol
+    ok_input = all_finite(b, x0)
+    b = jnp.where(ok_input, b, 0.0)
+    x0 = jnp.where(ok_input, x0, 0.0)
+    k = 0 if W is None else W.shape[1]
+    if k:
+        E = W.T @ AW
+        E = 0.5 * (E + E.T)
+        # W = 0 (no space yet) gives E = 0: use the identity so the solves stay finite.
+        empty = jnp.all(W == 0)
+        E = jnp.where(empty, jnp.eye(k, dtype=dtype), E)
+        chol = jnp.linalg.cholesky(E)
+
+        def einv(v):
+            return lax.linalg.triangular_solve(
+                chol, lax.linalg.triangular_solve(chol, v[:, None], left_side=True, lower=True),
+                left_side=True, lower=True, transpose_a=True,
+            )[:, 0]
+
+        def deflate_direction(z):
+            return z - W @ einv(AW.T @ z)
+
+        def correct(x, r):  # Galerkin correction on span(W)
+            mu = einv(W.T @ r)
+            return x + W @ mu, r - AW @ mu
+    else:
+        deflate_direction = lambda z: z  # noqa: E731
+        correct = lambda x, r: (x, r)  # noqa: E731
+
+    mv = jnp.asarray(matvecs0, jnp.int32)
+    if has_x0:
+        r = b - matvec(x0)
+        mv = mv + 1
+    else:
+        r = b
+    x, r = correct(x0, r)
+    z = precond(r)
+    p = deflate_direction(z)
+    rz = jnp.vdot(r, z)
+    # eigCG window (Stathopoulos and Orginos 2010): Lanczos vectors z/sqrt(r.z) and
+    # the tridiagonal built from the CG coefficients, thick-restarted when full.
+    mb = max(harvest, 1)
+    V = jnp.zeros((n, mb), dtype)
+    T = jnp.zeros((mb, mb), dtype)
+
+    def cg_step(c):
+        x, r, z, p, rz, mv, it, restarts, conv, broke, checked, V, T, w, ab = c
+        if harvest:
+            v = z / jnp.sqrt(jnp.where(rz > 0, rz, 1.0))
+            V = V.at[:, w].set(jnp.where(rz > 0, v, 0.0))
+        q = matvec(p)
+        pq = jnp.vdot(p, q)
+        bad = ~(pq > 0) | ~jnp.isfinite(rz)  # not SPD, or NaN
+        alpha = jnp.where(bad, 0.0, rz / jnp.where(bad, 1.0, pq))
+        x = x + alpha * p
+        r = r - alpha * q
+        mv = mv + 1
+        rnorm = jnp.linalg.norm(r)
+
+        def confirm(x, r, mv):
+            rt = b - matvec(x)
+            rt_ok = jnp.linalg.norm(rt) <= tol
+            # On replacement keep W^T r = 0 (a Galerkin correction on span(W)).
+            x2, rt2 = correct(x, rt)
+            x = jnp.where(rt_ok, x, x2)
+            rt = jnp.where(rt_ok, rt, rt2)
+            return x, rt, mv + 1, jnp.array(True)
+
+        def keep_going(x, r, mv):
+            return x, r, mv, jnp.array(False)
+
+        x, r, mv, checked = lax.cond(rnorm <= tol, confirm, keep_going, x, r, mv)
+        conv = checked & (jnp.linalg.norm(r) <= tol)
+        z = precond(r)
+        rz_new = jnp.vdot(r, z)
+        beta = jnp.where(checked, 0.0, rz_new / jnp.where(rz == 0, 1.0, rz))
+        p = deflate_direction(z) + beta * p
+        restarts = restarts + (checked & ~conv)
+        if harvest:
+            a_prev, b_prev = ab
+            safe_alpha = jnp.where(alpha > 0, alpha, 1.0)
+            diag = 1.0 / safe_alpha + jnp.where(a_prev > 0, b_prev / jnp.where(a_prev > 0, a_prev, 1.0), 0.0)
+            off = -jnp.sqrt(jnp.maximum(beta, 0.0)) / safe_alpha
+            T = T.at[w, w].set(jnp.where(alpha > 0, diag, 0.0))
+            nxt = jnp.minimum(w + 1, mb - 1)
+            link = (w + 1 < mb) & (alpha > 0)
+            T = T.at[w, nxt].set(jnp.where(link, off, T[w, nxt]))
+            T = T.at[nxt, w].set(jnp.where(link, off, T[nxt, w]))
+            ab = (alpha, beta)
+            w = w + 1
+            pending = off
+        else:
+            pending = jnp.zeros((), dtype)
+        return (x, r, z, p, rz_new, mv, it + 1, restarts, conv, bad, checked, V, T, w, ab), pending
+
+    def running(c):
+        conv, broke, mv = c[8], c[9], c[5]
+        return ~conv & ~broke & (mv < max_steps)
+
+    def window(c):
+        pending0 = jnp.zeros((), dtype)
+
+        def cond(cp):
+            c, _ = cp
+            return running(c) & (c[13] < mb)
+
+        def body(cp):
+            return cg_step(cp[0])
+
+        c, pending = lax.while_loop(cond, body, (c, pending0))
+        if not harvest:
+            return c
+        x, r, z, p, rz, mv, it, restarts, conv, broke, checked, V, T, w, ab = c
+        nev = harvest_nev
+
+        def restart(V, T):
+            # Thick restart: Ritz vectors of T_m and T_{m-1} (eigCG's choice).
+            _, Y1 = jnp.linalg.eigh(T)
+            _, Y2 = jnp.linalg.eigh(T[:-1, :-1])
+            Yc = jnp.concatenate(
+                [Y1[:, :nev], jnp.concatenate([Y2[:, :nev], jnp.zeros((1, nev), dtype)])],
+                axis=1,
+            )
+            Yc, _ = jnp.linalg.qr(Yc)
+            Tn = Yc.T @ T @ Yc
+            theta, S = jnp.linalg.eigh(0.5 * (Tn + Tn.T))
+            Yc = Yc @ S
+            Vn = jnp.zeros_like(V).at[:, : 2 * nev].set(V @ Yc)
+            Tr = jnp.zeros_like(T).at[jnp.arange(2 * nev), jnp.arange(2 * nev)].set(theta)
+            coupling = pending * Yc[-1, :]
+            Tr = Tr.at[: 2 * nev, 2 * nev].set(coupling).at[2 * nev, : 2 * nev].set(coupling)
+            return Vn, Tr, jnp.array(2 * nev, jnp.int32)
+
+        V, T, w = lax.cond(w >= mb, restart, lambda V, T: (V, T, w), V, T)
+        return x, r, z, p, rz, mv, it, restarts, conv, broke, checked, V, T, w, ab
+
+    harvest_nev = max(1, min(ritz, (mb - 1) // 2)) if harvest else 0
+    zero = jnp.array(0, jnp.int32)
+    fzero = jnp.zeros((), dtype)
+    conv0 = jnp.linalg.norm(r) <= tol
+    init = (x, r, z, p, rz, mv, zero, zero, conv0, ~ok_input, jnp.array(True), V, T, zero, (fzero, fzero))
+    c = lax.while_loop(running, window, init)
+    x, r, z, p, rz, mv, it, restarts, conv, broke, checked, V, T, w, ab = c
+    # The reported residual is always the true one (computed, and counted, if the
+    # loop ended on a recurrence residual).
+    rt, mv = lax.cond(
+        checked, lambda x, m: (r, m), lambda x, m: (b - matvec(x), m + 1), x, mv
+    )
+    rel = jnp.linalg.norm(rt) / jnp.where(bnorm > 0, bnorm, 1.0)
+    conv = conv | (jnp.linalg.norm(rt) <= tol)
+    broke = broke & ok_input & ~conv
+    if harvest:
+        used = jnp.arange(mb) < w
+        Tm = jnp.where(used[:, None] & used[None, :], T, 0.0)
+        big = 1e3 * (jnp.max(jnp.abs(Tm)) + 1.0)
+        Tm = Tm + jnp.diag(jnp.where(used, 0.0, big))
+        _, Y = jnp.linalg.eigh(0.5 * (Tm + Tm.T))
+        ritz_vectors = V @ Y[:, :ritz]
+        count = w
+    else:
+        ritz_vectors = jnp.zeros((n, 0), dtype)
+        count = zero
+    return CGOut(x, rel, mv, restarts, conv, broke, ok_input, it, ritz_vectors, count)
+
+
+def check_spd_operator(operator, name: str):
+    if not (lx.is_positive_semidefinite(operator) or lx.is_negative_semidefinite(operator)):
+        raise ValueError(
+            f"{name} needs an operator tagged positive (or negative) semidefinite, e.g. "
+            "`StencilOperator(w, tags=lineax.positive_semidefinite_tag)`. For a "
+            "non-symmetric or indefinite operator use `GMRES` or `GCRODR`."
+        )
+
+
+class CG(lx.AbstractLinearSolver):
+    """Preconditioned conjugate gradients (Hestenes and Stiefel 1952).
+
+    For operators tagged positive semidefinite (`lineax.positive_semidefinite_tag`;
+    negative semidefinite is solved as `-A`). The preconditioner must be SPD too
+    (symmetric preconditioning: PCG applies `M` to the residual). The exit test is on
+    the true residual: the recurrence residual triggers it and one counted
+    matrix-vector product confirms it. A non-positive curvature `p^T A p <= 0` ends
+    the solve with `RESULTS.breakdown` (the operator is not SPD).
+
+    **Arguments:** `rtol`, `atol`, `max_steps` (matrix-vector products; default
+    `10 n`).
+
+    **Options:** `preconditioner`, `y0`.
+
+    **Stats:** `num_matvecs`, `num_restarts` (residual replacements), `residual`.
+
+    **Derivatives:** implicit through `lineax.linear_solve` (the operator is
+    symmetric, so the adjoint solve is another CG solve).
+
+    Compare `scipy.sparse.linalg.cg` and `lineax.CG`.
+    """
+
+    rtol: float
+    atol: float
+    max_steps: int | None = None
+
+    def __check_init__(self):
+        check_tolerances("CG", self.rtol, self.atol)
+
+    def init(self, operator, options):
+        check_square(operator, "CG")
+        check_spd_operator(operator, "CG")
+        return operator
+
+    def compute(self, state, vector, options):
+        x, (result, stats, _) = run_cg(self, state, vector, options, "CG")
+        return x, result, stats
+
+    def transpose(self, state, options):
+        return state.transpose(), transpose_options(state, options, keep_recycle=True)
+
+    def conj(self, state, options):
+        return lx.conj(state), conj_options(options)
+
+    def assume_full_rank(self):
+        return True
+
+
+def run_cg(
+    solver, operator, vector, options, name, W=None, AW=None, harvest=0, ritz=0, mv0=0
+):
+    flat = check_square(operator, name)
+    preconditioner = get_preconditioner(operator, options, name)
+    x0 = get_y0(flat, vector, options, name)
+    matvec = flat_matvec(operator, flat)
+    precond = flat_precond(preconditioner, flat)
+    b = flat.ravel(vector)
+    sign = 1.0
+    if lx.is_negative_semidefinite(operator) and not lx.is_positive_semidefinite(operator):
+        sign = -1.0  # solve (-A) x = -b
+        base_matvec, base_precond = matvec, precond
+        matvec = lambda x: -base_matvec(x)  # noqa: E731
+        precond = lambda x: -base_precond(x)  # noqa: E731
+        b = -b
+    loop = deflated_cg_loop(
+        matvec,
+        precond,
+        b,
+        x0,
+        "y0" in options,
+        rtol=solver.rtol,
+        atol=solver.atol,
+        max_steps=default_max_steps(solver.max_steps, flat.size),
+        W=W,
+        AW=None if AW is None else sign * AW,
+        harvest=harvest,
+        ritz=ritz,
+        matvecs0=mv0,
+    )
+    result = final_result(loop.converged, loop.ok_input, jnp.array(False), ~loop.broke)
+    stats = {
+        "num_matvecs": loop.num_matvecs,
+        "num_restarts": loop.num_restarts,
+        "residual": loop.residual,
+    }
+    return flat.unravel(loop.x), (result, stats, loop)

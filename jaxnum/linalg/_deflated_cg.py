@@ -1,0 +1,187 @@
+"""Deflated (recycled) conjugate gradients for sequences of SPD systems."""
+
+import jax.lax as lax
+import jax.numpy as jnp
+import lineax as lx
+
+from ._cg import check_spd_operator, run_cg
+from ._gmres import conj_options, transpose_options
+from ._misc import batched_matvec, check_square, check_tolerances, flat_matvec
+from ._recycle import adaptive_update, check_space, empty_space, RecycleSpace
+
+
+def ritz_harvest(W, AW, P, AP, k: int):
+    """The `k` Ritz vectors of smallest Ritz value of `A` on `span([W, P])`.
+
+    `P` are (unit) CG search directions and `AP` their images, both collected during
+    the solve, so the Rayleigh-Ritz problem `Z^T A Z y = θ Z^T Z y` costs no
+    matrix-vector product (Saad et al. 2000, section 4). Its symmetric generalised
+    form is reduced to a standard one through the eigen-decomposition of the Gram
+    matrix, dropping directions that are numerically dependent (or unused).
+    """
+    dtype = W.dtype
+    Z = jnp.concatenate([W, P], axis=1)
+    AZ = jnp.concatenate([AW, AP], axis=1)
+    T = Z.T @ AZ
+    T = 0.5 * (T + T.T)
+    gram = Z.T @ Z
+    gram = 0.5 * (gram + gram.T)
+    lam, Q = jnp.linalg.eigh(gram)
+    keep = lam > 1e-10 * jnp.max(lam)
+    S = Q * jnp.where(keep, 1.0 / jnp.sqrt(jnp.where(keep, lam, 1.0)), 0.0)[None, :]
+    At = S.T @ T @ S
+    big = 1e3 * (jnp.abs(jnp.trace(At)) + 1.0)
+    At = 0.5 * (At + At.T) + jnp.diag(jnp.where(keep, 0.0, big))
+    theta, Y = jnp.linalg.eigh(At)
+    coef = S @ Y[:, :k]
+    W_new = Z @ coef
+    AW_new = AZ @ coef
+    norms = jnp.linalg.norm(W_new, axis=0)
+    ok = (jnp.sum(keep) >= k) & jnp.all(norms > 0) & jnp.all(jnp.isfinite(theta))
+    scale = 1.0 / jnp.where(norms > 0, norms, 1.0)
+    return W_new * scale[None, :], AW_new * scale[None, :], ok
+
+
+class DeflatedCG(lx.AbstractLinearSolver):
+    """Deflated conjugate gradients with a recycled deflation space.
+
+    For a *sequence* of SPD systems: the deflation space `W` (approximate eigenvectors
+    of the smallest eigenvalues) is carried from one solve to the next. Each solve
+    computes `A W` for its own operator (`k` matrix-vector products as one batched
+    product, counted), runs deflated PCG (Saad, Yeung, Erhel and Guyomarc'h 2000, "A
+    deflated version of the conjugate gradient algorithm"), and harvests a new `W`:
+    while CG runs, the Lanczos tridiagonal built from its coefficients and a window
+    of Lanczos vectors (the preconditioned residuals) give Ritz vectors by thick
+    restarting, as in eigCG (Stathopoulos and Orginos 2010), so no vector beyond the
+    window is stored; at the end a Rayleigh-Ritz step on `[W, Y]` keeps the best `k`
+    (it needs `A Y`: `k` more products, counted, and none on a fresh solve).
+
+    **Arguments:**
+
+    - `rtol`, `atol`: tolerances on the true residual.
+    - `recycle`: `k`, the dimension of the deflation space.
+    - `harvest`: the eigCG window, the number of Lanczos vectors kept while the
+        solve runs (default `3k`; must exceed `2k`).
+    - `max_steps`: most matrix-vector products (default `10 n`).
+    - `adaptive`, `drop_ratio`, `max_backoff`: detect a useless carried space, as in
+        `GCRODR`.
+
+    **Options:** `recycle` (a `RecycleSpace`), `preconditioner` (SPD), `y0`.
+
+    **Stats:** `num_matvecs`, `num_restarts`, `residual`, `recycle`, `carried`.
+
+    **Derivatives:** implicit through `lineax.linear_solve`; the operator is symmetric,
+    so the adjoint solve reuses the space.
+
+    Compare `scipy.sparse.linalg.cg` (no recycling) and krypy's `RecyclingCg`.
+    """
+
+    rtol: float
+    atol: float
+    recycle: int = 20
+    harvest: int | None = None
+    max_steps: int | None = None
+    adaptive: bool = True
+    drop_ratio: float = 0.95
+    max_backoff: int = 16
+
+    def __check_init__(self):
+        check_tolerances("DeflatedCG", self.rtol, self.atol)
+        if self.recycle < 1:
+            raise ValueError(
+                f"DeflatedCG: `recycle` must be at least 1, got {self.recycle}."
+            )
+        if self.harvest is not None and self.harvest <= 2 * self.recycle:
+            raise ValueError(
+                f"DeflatedCG: the eigCG window `harvest` ({self.harvest}) must exceed "
+                f"2 * recycle = {2 * self.recycle}; the default is 3 * recycle."
+            )
+
+    def empty_recycle(self, operator) -> RecycleSpace:
+        flat = check_square(operator, "DeflatedCG")
+        return empty_space(flat.size, self.recycle, flat.dtype)
+
+    def init(self, operator, options):
+        flat = check_square(operator, "DeflatedCG")
+        check_spd_operator(operator, "DeflatedCG")
+        if self.recycle >= flat.size:
+            raise ValueError(
+                f"DeflatedCG: `recycle` ({self.recycle}) must be smaller than the "
+                f"system size {flat.size}."
+            )
+        return operator
+
+    def compute(self, state, vector, options):
+        operator = state
+        flat = check_square(operator, "DeflatedCG")
+        n, k = flat.size, self.recycle
+        space = options.get("recycle", None)
+        space = (
+            empty_space(n, k, flat.dtype)
+            if space is None
+            else check_space(space, n, k, flat.dtype, "DeflatedCG")
+        )
+        space = lax.stop_gradient(space)
+        matvec = flat_matvec(operator, flat)
+        carried = space.active
+        if self.adaptive:
+            carried = carried & (space.skip == 0)
+        W = jnp.where(carried, space.basis, 0.0)
+        AW = lax.cond(
+            carried,
+            lambda w: batched_matvec(matvec, w),
+            lambda w: jnp.zeros_like(w),
+            W,
+        )
+        window = 3 * k if self.harvest is None else self.harvest
+        x, (result, stats, loop) = run_cg(
+            self,
+            operator,
+            vector,
+            options,
+            "DeflatedCG",
+            W=W,
+            AW=AW,
+            harvest=window,
+            ritz=k,
+            mv0=jnp.where(carried, k, 0),
+        )
+        Y = loop.ritz
+
+        def refine(W, AW, Y):
+            # Rayleigh-Ritz on [W, Y]: `A Y` costs k products (one batched product).
+            AY = batched_matvec(matvec, Y)
+            return ritz_harvest(W, AW, Y, AY, k)
+
+        def fresh(W, AW, Y):
+            norms = jnp.linalg.norm(Y, axis=0)
+            ok = jnp.all(norms > 0) & jnp.all(jnp.isfinite(Y))
+            return Y / jnp.where(norms > 0, norms, 1.0)[None, :], jnp.zeros_like(Y), ok
+
+        W_new, AW_new, ok = lax.cond(carried, refine, fresh, W, AW, Y)
+        ok = ok & (loop.ritz_count >= k)
+        stats["num_matvecs"] = stats["num_matvecs"] + jnp.where(carried, k, 0)
+        new_space = RecycleSpace(
+            basis=jnp.where(ok, W_new, space.basis),
+            image=jnp.where(ok, AW_new, space.image),  # for this operator (if known)
+            active=ok | space.active,
+            skip=space.skip,
+            backoff=space.backoff,
+            reference=space.reference,
+        )
+        if self.adaptive:
+            new_space = adaptive_update(
+                new_space, carried, stats["num_matvecs"], self.drop_ratio, self.max_backoff
+            )
+        stats["recycle"] = new_space
+        stats["carried"] = carried
+        return x, result, stats
+
+    def transpose(self, state, options):
+        return state.transpose(), transpose_options(state, options, keep_recycle=True)
+
+    def conj(self, state, options):
+        return lx.conj(state), conj_options(options)
+
+    def assume_full_rank(self):
+        return True

@@ -1,0 +1,3 @@
+"""jaxnum.special: numerically careful special functions with hand-written derivatives."""
+
+from ._log_bessel import log_iv as log_iv, log_ive as log_ive, log_kv as log_kv, log_kve as log_kve
