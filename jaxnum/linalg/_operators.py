@@ -6,6 +6,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax as lx
+import numpy as np
 from jax.experimental import sparse as jsparse
 from jaxtyping import Array, Float, Inexact
 
@@ -113,23 +114,28 @@ class StencilOperator(lx.AbstractLinearOperator):
         return cols.T
 
     def as_bcoo(self) -> jsparse.BCOO:
-        """The same operator as a `jax.experimental.sparse.BCOO` matrix `(n, n)`."""
+        """The same operator as a `jax.experimental.sparse.BCOO` matrix `(n, n)`.
+
+        The sparsity pattern is static (it depends only on the grid), so this works
+        under `jit`; periodic axes of length <= 2 sum coinciding neighbours.
+        """
         shape = self.grid_shape
-        n = self.weights[0].size
-        idx = jnp.arange(n).reshape(shape)
+        idx = np.arange(int(np.prod(shape))).reshape(shape)
         rows, cols, vals = [idx.ravel()], [idx.ravel()], [self.weights[0].ravel()]
         for a in range(len(shape)):
             for k, offset in ((1 + 2 * a, -1), (2 + 2 * a, +1)):
-                nb = jnp.roll(idx, -offset, axis=a)
-                valid = jnp.ones(shape, bool)
-                if not self.periodic[a]:
-                    valid = _shift(valid.astype(jnp.int32), a, offset, False) > 0
-                rows.append(idx.ravel())
-                cols.append(nb.ravel())
-                vals.append(jnp.where(valid, self.weights[k], 0).ravel())
-        indices = jnp.stack([jnp.concatenate(rows), jnp.concatenate(cols)], axis=1)
-        mat = jsparse.BCOO((jnp.concatenate(vals), indices), shape=(n, n))
-        return mat.sum_duplicates(nse=indices.shape[0])
+                nb = np.roll(idx, -offset, axis=a)
+                pos = np.arange(shape[a]) + offset
+                valid = (pos >= 0) & (pos < shape[a]) if not self.periodic[a] else pos == pos
+                valid = np.broadcast_to(
+                    valid.reshape([-1 if i == a else 1 for i in range(len(shape))]), shape
+                ).ravel()
+                rows.append(idx.ravel()[valid])
+                cols.append(nb.ravel()[valid])
+                vals.append(self.weights[k].ravel()[valid])
+        indices = np.stack([np.concatenate(rows), np.concatenate(cols)], axis=1)
+        n = idx.size
+        return jsparse.BCOO((jnp.concatenate(vals), jnp.asarray(indices)), shape=(n, n))
 
     def transpose(self):
         if lx.symmetric_tag in self.tags:

@@ -1,0 +1,252 @@
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import lineax as lx
+import numpy as np
+import pytest
+import scipy.sparse.linalg as spla
+
+import jaxnum.linalg as jl
+
+from .helpers import counting_operator, random_matrix, to_scipy
+
+
+RTOL = 1e-10
+NONSYM = [
+    ("gmres", lambda: jl.GMRES(rtol=RTOL, atol=0.0, restart=30)),
+    ("gcrodr", lambda: jl.GCRODR(rtol=RTOL, atol=0.0, restart=30, recycle=10)),
+]
+SYM = [
+    ("cg", lambda: jl.CG(rtol=RTOL, atol=0.0)),
+    ("dcg", lambda: jl.DeflatedCG(rtol=RTOL, atol=0.0, recycle=4)),
+]
+ALL = NONSYM + SYM
+
+
+@eqx.filter_jit
+def _solve_jit(op, b, solver, options):
+    return lx.linear_solve(op, b, solver, options=options, throw=False)
+
+
+def _solve(op, b, solver, options=None):
+    # Jitted so that repeated solves with one structure compile once.
+    return _solve_jit(op, b, solver, {} if options is None else options)
+
+
+def _true_rel_residual(A, x, b):
+    return np.linalg.norm(b - A @ x) / np.linalg.norm(b)
+
+
+@pytest.mark.parametrize("name,make", NONSYM)
+@pytest.mark.parametrize("kind", ["nonsymmetric", "indefinite", "spd"])
+def test_nonsymmetric_solvers_random_matrices(name, make, kind):
+    rng = np.random.default_rng(0)
+    A = random_matrix(rng, 60, kind, cond=30.0)
+    b = rng.standard_normal(60)
+    sol = _solve(lx.MatrixLinearOperator(jnp.asarray(A)), jnp.asarray(b), make())
+    assert sol.result == lx.RESULTS.successful
+    x = np.asarray(sol.value)
+    np.testing.assert_allclose(x, np.linalg.solve(A, b), rtol=1e-7, atol=1e-9)
+    true_res = _true_rel_residual(A, x, b)
+    assert true_res <= RTOL * 1.0001
+    np.testing.assert_allclose(float(sol.stats["residual"]), true_res, rtol=1e-3, atol=1e-16)
+
+
+@pytest.mark.parametrize("name,make", SYM)
+def test_cg_solvers_spd(name, make):
+    rng = np.random.default_rng(1)
+    A = random_matrix(rng, 60, "spd", cond=100.0)
+    b = rng.standard_normal(60)
+    op = lx.MatrixLinearOperator(jnp.asarray(A), lx.positive_semidefinite_tag)
+    sol = _solve(op, jnp.asarray(b), make())
+    assert sol.result == lx.RESULTS.successful
+    np.testing.assert_allclose(np.asarray(sol.value), np.linalg.solve(A, b), rtol=1e-7)
+    assert _true_rel_residual(A, np.asarray(sol.value), b) <= RTOL * 1.0001
+
+
+@pytest.mark.parametrize("name,make", ALL)
+def test_pde_matrix_against_scipy_spsolve(name, make):
+    rng = np.random.default_rng(2)
+    n = 16
+    a = jnp.asarray(np.exp(0.7 * rng.standard_normal((n, n))))
+    if name in ("cg", "dcg"):
+        op = jl.diffusion_operator(a)
+    else:
+        v = jnp.asarray(20 * rng.standard_normal((2, n, n)))
+        op = jl.convection_diffusion_operator(a, v)
+    b = jnp.asarray(rng.standard_normal((n, n)))
+    ref = spla.spsolve(to_scipy(op).tocsc(), np.asarray(b).ravel())
+    sol = _solve(op, b, make(), options={"preconditioner": jl.jacobi(op)})
+    assert sol.result == lx.RESULTS.successful
+    x = np.asarray(sol.value).ravel()
+    assert np.linalg.norm(x - ref) <= 1e-7 * np.linalg.norm(ref)
+
+
+@pytest.mark.parametrize("name,make", ALL)
+def test_matvec_count_is_honest(name, make):
+    rng = np.random.default_rng(3)
+    A = random_matrix(rng, 40, "spd", cond=50.0)
+    counter = [0]
+    op = counting_operator(A, counter, lx.positive_semidefinite_tag)
+    b = jnp.asarray(rng.standard_normal(40))
+    sol = _solve(op, b, make())
+    jax.effects_barrier()
+    assert int(sol.stats["num_matvecs"]) == counter[0]
+    if "recycle" in sol.stats:  # a second solve, carrying the space
+        counter[0] = 0
+        sol = _solve(op, b + 1.0, make(), options={"recycle": sol.stats["recycle"]})
+        jax.effects_barrier()
+        assert bool(sol.stats["carried"])
+        assert int(sol.stats["num_matvecs"]) == counter[0]
+
+
+def test_gcrodr_recycle_space_invariants_and_benefit():
+    rng = np.random.default_rng(4)
+    n = 20
+    a = np.exp(0.5 * rng.standard_normal((n, n)))
+    v = 10 * rng.standard_normal((2, n, n))
+    solver = jl.GCRODR(rtol=1e-9, atol=0.0, restart=30, recycle=10)
+    space = None
+    counts = []
+    for i in range(4):
+        op = jl.convection_diffusion_operator(
+            jnp.asarray(a * (1 + 0.02 * i)), jnp.asarray(v)
+        )
+        opts = {} if space is None else {"recycle": space}
+        b = jnp.asarray(rng.standard_normal((n, n)))
+        sol = _solve(op, b, solver, options=opts)
+        assert sol.result == lx.RESULTS.successful
+        space = sol.stats["recycle"]
+        A = np.asarray(op.as_matrix())
+        U, C = np.asarray(space.basis), np.asarray(space.image)
+        # A U = C for the operator just solved, C orthonormal.
+        np.testing.assert_allclose(A @ U, C, atol=1e-8 * np.abs(A).max())
+        np.testing.assert_allclose(C.T @ C, np.eye(10), atol=1e-10)
+        counts.append(int(sol.stats["num_matvecs"]))
+    assert max(counts[1:]) < counts[0]  # recycling pays on related systems
+
+
+def test_deflated_cg_space_invariants_and_benefit():
+    rng = np.random.default_rng(5)
+    n = 24
+    base = rng.standard_normal((n, n))
+    solver = jl.DeflatedCG(rtol=1e-9, atol=0.0, recycle=8)
+    cg = jl.CG(rtol=1e-9, atol=0.0)
+    space = None
+    for i in range(4):
+        a = np.exp(0.5 * base + 0.05 * rng.standard_normal((n, n)))
+        op = jl.diffusion_operator(jnp.asarray(a))
+        b = jnp.ones((n, n))
+        sol = _solve(op, b, solver, options={} if space is None else {"recycle": space})
+        ref = _solve(op, b, cg)
+        assert sol.result == lx.RESULTS.successful
+        np.testing.assert_allclose(sol.value, ref.value, rtol=1e-7)
+        space = sol.stats["recycle"]
+        if i > 0:
+            assert bool(sol.stats["carried"])
+            A = np.asarray(op.as_matrix())
+            W, AW = np.asarray(space.basis), np.asarray(space.image)
+            np.testing.assert_allclose(A @ W, AW, atol=1e-8 * np.abs(A).max())
+            # Harvested vectors approximate the smallest eigenvectors: Rayleigh
+            # quotients close to the smallest eigenvalues.
+            ev = np.linalg.eigvalsh(A)[:8]
+            rq = np.sort(np.diag(W.T @ A @ W) / np.diag(W.T @ W))
+            np.testing.assert_allclose(rq[:4], ev[:4], rtol=0.05)
+            assert int(sol.stats["num_matvecs"]) < 0.85 * int(ref.stats["num_matvecs"])
+
+
+@pytest.mark.parametrize("name,make", ALL)
+def test_gradient_through_linear_solve_matches_finite_differences(name, make):
+    rng = np.random.default_rng(6)
+    n = 8
+    a0 = jnp.asarray(np.exp(0.3 * rng.standard_normal((n, n))))
+    v = jnp.asarray(5 * rng.standard_normal((2, n, n)))
+    target = jnp.asarray(rng.standard_normal((n, n)))
+    symmetric = name in ("cg", "dcg")
+
+    def loss(theta):
+        a = a0 * jnp.exp(theta)
+        op = (
+            jl.diffusion_operator(a)
+            if symmetric
+            else jl.convection_diffusion_operator(a, v)
+        )
+        x = lx.linear_solve(op, jnp.ones((n, n)), make()).value
+        return jnp.sum((x - target) ** 2)
+
+    theta = jnp.asarray(0.1 * rng.standard_normal((n, n)))
+    direction = jnp.asarray(rng.standard_normal((n, n)))
+    g = jax.jit(jax.grad(loss))(theta)
+    loss = jax.jit(loss)
+    eps = 1e-5
+    fd = (loss(theta + eps * direction) - loss(theta - eps * direction)) / (2 * eps)
+    np.testing.assert_allclose(jnp.vdot(g, direction), fd, rtol=1e-5)
+    # Forward mode too.
+    _, jvp = jax.jvp(loss, (theta,), (direction,))
+    np.testing.assert_allclose(jvp, fd, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name,make", ALL)
+def test_jit_vmap_without_recompiling(name, make):
+    rng = np.random.default_rng(7)
+    A = random_matrix(rng, 30, "spd", cond=20.0)
+    op = lx.MatrixLinearOperator(jnp.asarray(A), lx.positive_semidefinite_tag)
+    solver = make()
+    f = jax.jit(jax.vmap(lambda b: lx.linear_solve(op, b, solver).value))
+    B = jnp.asarray(rng.standard_normal((3, 30)))
+    X = f(B)
+    np.testing.assert_allclose(np.asarray(X), np.linalg.solve(A, np.asarray(B).T).T, rtol=1e-7)
+    f(B + 1.0)
+    assert f._cache_size() == 1
+
+
+@pytest.mark.parametrize("name,make", ALL)
+def test_float32_smoke(name, make):
+    rng = np.random.default_rng(8)
+    n = 12
+    a = jnp.asarray(np.exp(0.3 * rng.standard_normal((n, n))), jnp.float32)
+    op = jl.diffusion_operator(a)
+    solver = type(make())(rtol=1e-5, atol=0.0)
+    sol = lx.linear_solve(op, jnp.ones((n, n), jnp.float32), solver, throw=False)
+    assert sol.value.dtype == jnp.float32
+    assert sol.result == lx.RESULTS.successful
+    assert float(sol.stats["residual"]) <= 1.01e-5
+
+
+def test_transpose_keeps_recycle_only_for_symmetric():
+    rng = np.random.default_rng(9)
+    A = random_matrix(rng, 20, "nonsymmetric")
+    solver = jl.GCRODR(rtol=1e-8, atol=0.0, restart=10, recycle=4)
+    space = solver.empty_recycle(lx.MatrixLinearOperator(jnp.asarray(A)))
+    _, opts = solver.transpose(lx.MatrixLinearOperator(jnp.asarray(A)), {"recycle": space})
+    assert "recycle" not in opts
+    S = lx.MatrixLinearOperator(jnp.asarray(A + A.T), lx.symmetric_tag)
+    _, opts = solver.transpose(S, {"recycle": space})
+    assert "recycle" in opts
+
+
+def test_preconditioning_reduces_matvecs():
+    rng = np.random.default_rng(10)
+    n = 24
+    a = jnp.asarray(np.exp(2.0 * rng.standard_normal((n, n))))  # high contrast
+    op = jl.diffusion_operator(a)
+    b = jnp.ones((n, n))
+    for solver in (jl.CG(1e-8, 0.0), jl.GMRES(1e-8, 0.0, restart=30)):
+        plain = _solve(op, b, solver)
+        pre = _solve(op, b, solver, options={"preconditioner": jl.jacobi(op)})
+        assert pre.result == lx.RESULTS.successful
+        np.testing.assert_allclose(pre.value, plain.value, rtol=1e-6)
+        assert int(pre.stats["num_matvecs"]) < int(plain.stats["num_matvecs"])
+
+
+def test_user_operator_as_preconditioner_and_y0():
+    rng = np.random.default_rng(11)
+    A = random_matrix(rng, 25, "nonsymmetric", cond=50.0)
+    op = lx.MatrixLinearOperator(jnp.asarray(A))
+    b = jnp.asarray(rng.standard_normal(25))
+    exact = lx.MatrixLinearOperator(jnp.asarray(np.linalg.inv(A)))
+    sol = _solve(op, b, jl.GMRES(1e-10, 0.0), options={"preconditioner": exact})
+    assert int(sol.stats["num_matvecs"]) <= 3
+    x = np.linalg.solve(A, np.asarray(b))
+    sol = _solve(op, b, jl.GCRODR(1e-10, 0.0, restart=10, recycle=3), options={"y0": jnp.asarray(x)})
+    assert int(sol.stats["num_matvecs"]) == 1  # only the initial true residual
