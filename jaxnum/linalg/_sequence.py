@@ -58,7 +58,7 @@ def similarity_order(features: Float[Array, "N d"], start: int = 0) -> Int[Array
         cur = order[t - 1]
         d = sq - 2 * features @ features[cur] + sq[cur]
         d = jnp.where(visited, jnp.inf, d)
-        nxt = jnp.argmin(d)
+        nxt = jnp.argmin(d).astype(jnp.int32)
         return order.at[t].set(nxt), visited.at[nxt].set(True)
 
     order = jnp.zeros(N, jnp.int32).at[0].set(start)

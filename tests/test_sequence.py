@@ -1,0 +1,202 @@
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import lineax as lx
+import numpy as np
+import pytest
+
+import jaxnum.linalg as jl
+
+
+N_GRID = 12
+
+
+def _family(rng, count, spread=0.1):
+    base = rng.standard_normal((N_GRID, N_GRID))
+    return jnp.asarray(base[None] + spread * rng.standard_normal((count, N_GRID, N_GRID)))
+
+
+def _convdiff(log_a):
+    v = jnp.stack([jnp.full(log_a.shape, 30.0), jnp.full(log_a.shape, -10.0)])
+    return jl.convection_diffusion_operator(jnp.exp(log_a), v)
+
+
+def test_similarity_order_on_a_line():
+    x = jnp.asarray([0.0, 5.0, 1.0, 4.0, 2.0, 3.0])[:, None]
+    order = np.asarray(jl.similarity_order(x))
+    np.testing.assert_array_equal(order, [0, 2, 4, 5, 3, 1])
+    assert sorted(order.tolist()) == list(range(6))
+
+
+def test_sequence_matches_independent_solves_in_callers_order():
+    rng = np.random.default_rng(0)
+    params = _family(rng, 8)
+    rhs = jnp.asarray(rng.standard_normal((8, N_GRID, N_GRID)))
+    solver = jl.GCRODR(rtol=1e-10, atol=0.0, restart=20, recycle=8, adaptive=False)
+    seq = jax.jit(
+        lambda p, b: jl.solve_sequence(_convdiff, p, b, solver, order="similarity")
+    )(params, rhs)
+    assert sorted(np.asarray(seq.order).tolist()) == list(range(8))
+    assert np.all(np.asarray(seq.result == lx.RESULTS.successful))
+    assert np.all(np.asarray(seq.stats["residual"]) <= 1e-10)
+    for i in range(8):
+        A = np.asarray(_convdiff(params[i]).as_matrix())
+        ref = np.linalg.solve(A, np.asarray(rhs[i]).ravel())
+        np.testing.assert_allclose(np.asarray(seq.value[i]).ravel(), ref, rtol=1e-7, atol=1e-12)
+    # Every system after the first carried the space.
+    carried = np.asarray(seq.stats["carried"])[np.asarray(seq.order)]
+    assert not carried[0] and carried[1:].all()
+
+
+def test_given_order_shared_rhs_features_and_chunks_agree():
+    rng = np.random.default_rng(1)
+    params = _family(rng, 6)
+    b = jnp.ones((N_GRID, N_GRID))
+    solver = jl.DeflatedCG(rtol=1e-10, atol=0.0, recycle=5)
+
+    def make(log_a):
+        return jl.diffusion_operator(jnp.exp(log_a))
+
+    given = jl.solve_sequence(make, params, b, solver, order="given")
+    np.testing.assert_array_equal(np.asarray(given.order), np.arange(6))
+    by_feature = jl.solve_sequence(
+        make, params, b, solver, features=lambda p: jnp.mean(p, keepdims=True)
+    )
+    chunked = jl.solve_sequence(make, params, b, solver, num_chunks=2, order="given")
+    for other in (by_feature, chunked):
+        np.testing.assert_allclose(other.value, given.value, rtol=1e-8)
+    # Chunks restart fresh: the first system of each chunk carried nothing.
+    carried = np.asarray(chunked.stats["carried"])
+    assert not carried[0] and not carried[3]
+    assert chunked.recycle.basis.shape == (2, N_GRID * N_GRID, 5)
+
+
+def test_recycling_saves_matvecs_over_independent_gmres():
+    rng = np.random.default_rng(2)
+    params = _family(rng, 10, spread=0.05)
+    b = jnp.ones((N_GRID, N_GRID))
+    gm = jl.solve_sequence(_convdiff, params, b, jl.GMRES(1e-9, 0.0, restart=20))
+    gc = jl.solve_sequence(_convdiff, params, b, jl.GCRODR(1e-9, 0.0, restart=20, recycle=10))
+    assert gm.recycle is None
+    np.testing.assert_allclose(gc.value, gm.value, rtol=1e-6)
+    assert np.sum(gc.stats["num_matvecs"]) < 0.8 * np.sum(gm.stats["num_matvecs"])
+
+
+def test_sequence_with_preconditioner_and_scan_compiles_once():
+    rng = np.random.default_rng(3)
+    solver = jl.GCRODR(rtol=1e-8, atol=0.0, restart=20, recycle=6)
+
+    @eqx.filter_jit
+    def run(p):
+        return jl.solve_sequence(_convdiff, p, jnp.ones((N_GRID, N_GRID)), solver, preconditioner=jl.jacobi)
+
+    out1 = run(_family(rng, 5))
+    out2 = run(_family(rng, 5))
+    assert np.all(np.asarray(out1.result == lx.RESULTS.successful))
+    assert np.all(np.asarray(out2.stats["residual"]) <= 1e-8)
+    assert run._cached._cache_size() == 1
+
+
+def test_adaptive_policy_bookkeeping():
+    from jaxnum.linalg._recycle import adaptive_update, empty_space
+
+    space = empty_space(4, 2, jnp.float64)
+    # A fresh solve sets the reference.
+    space = adaptive_update(space, jnp.array(False), jnp.array(100), 0.95, 16)
+    assert float(space.reference) == 100.0 and int(space.skip) == 0
+    # A carried solve that did not pay: skip the next one, double the back-off.
+    space = adaptive_update(space, jnp.array(True), jnp.array(110), 0.95, 16)
+    assert int(space.skip) == 1 and int(space.backoff) == 2
+    space = adaptive_update(space, jnp.array(False), jnp.array(100), 0.95, 16)
+    assert int(space.skip) == 0
+    space = adaptive_update(space, jnp.array(True), jnp.array(120), 0.95, 16)
+    assert int(space.skip) == 2 and int(space.backoff) == 4
+    # A carried solve that paid resets the back-off.
+    space = adaptive_update(space, jnp.array(True), jnp.array(50), 0.95, 16)
+    assert int(space.skip) == 0 and int(space.backoff) == 1
+
+
+def test_useless_space_is_detected_on_unrelated_high_peclet_systems():
+    rng = np.random.default_rng(4)
+    count = 12
+    params = jnp.asarray(rng.standard_normal((count, 2, N_GRID, N_GRID)))
+
+    def make(p):  # unrelated, strongly convective systems
+        v = 400.0 * p
+        return jl.convection_diffusion_operator(jnp.ones((N_GRID, N_GRID)), v)
+
+    b = jnp.ones((N_GRID, N_GRID))
+    kw = dict(rtol=1e-8, atol=0.0, restart=20, recycle=10)
+    adaptive = jl.solve_sequence(make, params, b, jl.GCRODR(**kw), order="given")
+    fresh = jl.solve_sequence(
+        make, params, b, jl.GCRODR(**kw, adaptive=False), order="given",
+    )
+    # Independent GCRO-DR: every system starts without a space.
+    nocarry = [
+        lx.linear_solve(make(params[i]), b, jl.GCRODR(**kw)).stats["num_matvecs"]
+        for i in range(count)
+    ]
+    total = float(np.sum(adaptive.stats["num_matvecs"]))
+    assert total <= 1.10 * float(np.sum(nocarry))
+    np.testing.assert_allclose(adaptive.value, fresh.value, rtol=1e-5, atol=1e-10)
+
+
+def test_bad_inputs():
+    rng = np.random.default_rng(5)
+    op = lx.MatrixLinearOperator(jnp.asarray(rng.standard_normal((5, 4))))
+    for solver in (jl.GMRES(1e-6, 0.0), jl.GCRODR(1e-6, 0.0, restart=3, recycle=1)):
+        with pytest.raises(ValueError, match="square"):
+            lx.linear_solve(op, jnp.ones(5), solver)
+    sq = lx.MatrixLinearOperator(jnp.eye(4) * 2.0)
+    with pytest.raises(ValueError):
+        lx.linear_solve(sq, jnp.ones(5), jl.GMRES(1e-6, 0.0))
+    with pytest.raises(ValueError, match="preconditioner"):
+        lx.linear_solve(
+            sq, jnp.ones(4), jl.GMRES(1e-6, 0.0),
+            options={"preconditioner": lx.MatrixLinearOperator(jnp.eye(3))},
+        )
+    with pytest.raises(ValueError, match="smaller than `restart`"):
+        jl.GCRODR(1e-6, 0.0, restart=10, recycle=10)
+    with pytest.raises(ValueError, match="semidefinite"):
+        lx.linear_solve(sq, jnp.ones(4), jl.CG(1e-6, 0.0))
+    with pytest.raises(ValueError, match="empty"):
+        jl.solve_sequence(lambda p: sq, jnp.zeros((0, 3)), jnp.ones(4), jl.GMRES(1e-6, 0.0))
+    with pytest.raises(ValueError, match="rhs"):
+        jl.solve_sequence(lambda p: sq, jnp.zeros((3, 2)), jnp.ones((2, 4)), jl.GMRES(1e-6, 0.0))
+    with pytest.raises(ValueError, match="recycle space has shape"):
+        s = jl.GCRODR(1e-6, 0.0, restart=3, recycle=2)
+        bad = jl.GCRODR(1e-6, 0.0, restart=3, recycle=1).empty_recycle(sq)
+        lx.linear_solve(sq, jnp.ones(4), s, options={"recycle": bad})
+    with pytest.raises(TypeError, match="real floating"):
+        lx.linear_solve(
+            lx.MatrixLinearOperator(jnp.eye(3, dtype=jnp.complex128)),
+            jnp.ones(3, jnp.complex128), jl.GMRES(1e-6, 0.0),
+        )
+
+
+@pytest.mark.parametrize(
+    "solver",
+    [jl.GMRES(1e-8, 0.0), jl.GCRODR(1e-8, 0.0, restart=4, recycle=2), jl.CG(1e-8, 0.0),
+     jl.DeflatedCG(1e-8, 0.0, recycle=2)],
+)
+def test_nonfinite_input_and_nonconvergence_are_reported(solver):
+    A = jnp.asarray(np.diag(np.linspace(1.0, 1e4, 40)))
+    op = lx.MatrixLinearOperator(A, lx.positive_semidefinite_tag)
+    b = jnp.ones(40).at[3].set(jnp.nan)
+    sol = lx.linear_solve(op, b, solver, throw=False)
+    assert sol.result == lx.RESULTS.nonfinite_input
+    with pytest.raises(Exception, match="non-finite|nonfinite|NaN|inf"):
+        jax.block_until_ready(lx.linear_solve(op, b, solver).value)
+    few = eqx.tree_at(lambda s: s.max_steps, solver, 3, is_leaf=lambda x: x is None)
+    sol = lx.linear_solve(op, jnp.ones(40), few, throw=False)
+    assert sol.result == lx.RESULTS.max_steps_reached
+    assert float(sol.stats["residual"]) > 1e-8
+    with pytest.raises(Exception, match="maximum number of solver steps"):
+        jax.block_until_ready(lx.linear_solve(op, jnp.ones(40), few).value)
+
+
+def test_cg_reports_breakdown_on_indefinite_operator():
+    A = jnp.diag(jnp.asarray([1.0, -1.0, 2.0, 3.0]))
+    op = lx.MatrixLinearOperator(A, lx.positive_semidefinite_tag)  # a false promise
+    sol = lx.linear_solve(op, jnp.asarray([0.0, 1.0, 0.0, 0.0]), jl.CG(1e-8, 0.0), throw=False)
+    assert sol.result == lx.RESULTS.breakdown
