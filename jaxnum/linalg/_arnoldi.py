@@ -4,8 +4,9 @@ from typing import NamedTuple
 
 import jax.lax as lax
 import jax.numpy as jnp
-import jax.scipy.linalg as jsl
 from jaxtyping import Array, Bool, Float, Int
+
+from ._misc import solve_upper
 
 
 class Cycle(NamedTuple):
@@ -110,7 +111,7 @@ def arnoldi_cycle(
     # by zero: such a direction simply gets no weight.
     Rs = Rs + jnp.diag(jnp.where(diag == 0, 1.0, 0.0))
     rhs = jnp.where(used, g[:size], 0.0)
-    y = jsl.solve_triangular(Rs, rhs, lower=False)
+    y = solve_upper(Rs, rhs)
     y = jnp.where(used & (diag != 0), y, 0.0)
     return Cycle(V, H, B, y, jnp.abs(g[j]), j, breakdown)
 

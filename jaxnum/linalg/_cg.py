@@ -18,6 +18,7 @@ from ._misc import (
     flat_precond,
     get_preconditioner,
     get_y0,
+    spd_inverse,
 )
 
 
@@ -59,13 +60,10 @@ def deflated_cg_loop(
         # W = 0 (no space yet) gives E = 0: use the identity so the solves stay finite.
         empty = jnp.all(W == 0)
         E = jnp.where(empty, jnp.eye(k, dtype=dtype), E)
-        chol = jnp.linalg.cholesky(E)
+        E_inv = spd_inverse(E)
 
         def einv(v):
-            return lax.linalg.triangular_solve(
-                chol, lax.linalg.triangular_solve(chol, v[:, None], left_side=True, lower=True),
-                left_side=True, lower=True, transpose_a=True,
-            )[:, 0]
+            return E_inv @ v
 
         def deflate_direction(z):
             return z - W @ einv(AW.T @ z)

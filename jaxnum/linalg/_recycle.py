@@ -2,10 +2,9 @@
 
 import equinox as eqx
 import jax.numpy as jnp
-import jax.scipy.linalg as jsl
 from jaxtyping import Array, Bool, Float, Int
 
-from ._misc import batched_matvec
+from ._misc import batched_matvec, tall_qr, upper_inverse
 
 
 class RecycleSpace(eqx.Module):
@@ -84,12 +83,10 @@ def reproject(matvec, basis: Array) -> tuple[Array, Array, Array]:
     `ok` is False when `U` has lost rank (it is then dropped by the caller).
     """
     image = batched_matvec(matvec, basis)
-    q, r = jnp.linalg.qr(image)
-    d = jnp.abs(jnp.diagonal(r))
-    ok = jnp.all(jnp.isfinite(r)) & (jnp.min(d) > 1e3 * jnp.finfo(r.dtype).eps * jnp.max(d))
+    q, r, ok = tall_qr(image)
     r_safe = jnp.where(ok, r, jnp.eye(r.shape[0], dtype=r.dtype))
-    new_basis = jsl.solve_triangular(r_safe, basis.T, trans="T", lower=False).T
-    return new_basis, q, ok
+    new_basis = basis @ upper_inverse(r_safe)
+    return new_basis, jnp.where(ok, q, 0.0), ok
 
 
 def adaptive_update(

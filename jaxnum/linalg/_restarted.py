@@ -51,8 +51,8 @@ def restarted_krylov(
 
     With a recycle pair (`U`, `C` with `A M U = C`, `C` orthonormal) every cycle is
     a GCRO-DR cycle of `size - k` Arnoldi steps on `(I - C C^T) A M`; without one
-    (`have` False) it is a GMRES(`size`) cycle. `harvest` updates the pair after
-    each cycle. The loop exits as soon as the *true* residual meets
+    (`have` False) the first cycle is a GMRES(`size`) cycle. `harvest(U, C, have,
+    cycle)` updates the pair after each cycle (it must accept both cycle sizes). The loop exits as soon as the *true* residual meets
     `||b - A x|| <= rtol ||b|| + atol`: the cheap Givens estimate only triggers
     the check, and one matrix-vector product (counted) confirms it.
     """
@@ -79,7 +79,7 @@ def restarted_krylov(
         x, r, rnorm, r_true, U, C, have, mv, cyc, conv, stag, broke = carry
         return ~(conv | stag | broke) & (mv < max_steps)
 
-    def body(carry):
+    def body(carry, size):
         x, r, rnorm, r_true, U, C, have, mv, cyc, conv, stag, broke = carry
         if k > 0:
             Cm = jnp.where(have, C, 0.0)
@@ -88,11 +88,9 @@ def restarted_krylov(
             x = x + precond(Um @ coef)
             r = r - Cm @ coef
             rnorm = jnp.linalg.norm(r)
-            limit = jnp.where(have, size - k, size)
         else:
             Cm = Um = None
-            limit = size
-        limit = jnp.clip(max_steps - mv, 1, limit)
+        limit = jnp.clip(max_steps - mv, 1, size)
         cycle = arnoldi_cycle(matvec, precond, r, rnorm, Cm, limit, size, tol)
         dx = cycle.V[:size].T @ cycle.y
         if k > 0:
@@ -127,8 +125,18 @@ def restarted_krylov(
         jnp.array(False),
         ~ok_input,
     )
+    if k > 0:
+        # Without a recycle space the first cycle is a full GMRES(m) cycle, which
+        # also harvests the first space; later cycles add m - k vectors each, so
+        # their buffers (and orthogonalisation cost) are sized m - k, not m.
+        init = lax.cond(
+            ~have & cond(init), lambda c: body(c, size), lambda c: c, init
+        )
+        loop_size = size - k
+    else:
+        loop_size = size
     x, r, rnorm, r_true, U, C, have, mv, cyc, conv, stag, broke = lax.while_loop(
-        cond, body, init
+        cond, lambda c: body(c, loop_size), init
     )
     # Report the true residual, computing it if the loop left on an estimate.
     r, mv = lax.cond(r_true, lambda x, m: (r, m), true_residual, x, mv)
