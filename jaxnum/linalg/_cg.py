@@ -55,7 +55,8 @@ def deflated_cg_loop(
     x0 = jnp.where(ok_input, x0, 0.0)
     k = 0 if W is None else W.shape[1]
     if k:
-        E = W.T @ AW
+        Wr, AWr = W.T, AW.T  # rows (k, n): `x @ Wr` is much faster on XLA:CPU
+        E = Wr @ AWr.T
         E = 0.5 * (E + E.T)
         # W = 0 (no space yet) gives E = 0: use the identity so the solves stay finite.
         empty = jnp.all(W == 0)
@@ -66,11 +67,11 @@ def deflated_cg_loop(
             return E_inv @ v
 
         def deflate_direction(z):
-            return z - W @ einv(AW.T @ z)
+            return z - einv(AWr @ z) @ Wr
 
         def correct(x, r):  # Galerkin correction on span(W)
-            mu = einv(W.T @ r)
-            return x + W @ mu, r - AW @ mu
+            mu = einv(Wr @ r)
+            return x + mu @ Wr, r - mu @ AWr
     else:
         deflate_direction = lambda z: z  # noqa: E731
         correct = lambda x, r: (x, r)  # noqa: E731
@@ -88,14 +89,14 @@ def deflated_cg_loop(
     # eigCG window (Stathopoulos and Orginos 2010): Lanczos vectors z/sqrt(r.z) and
     # the tridiagonal built from the CG coefficients, thick-restarted when full.
     mb = max(harvest, 1)
-    V = jnp.zeros((n, mb), dtype)
+    V = jnp.zeros((mb, n), dtype)  # Lanczos vectors as rows
     T = jnp.zeros((mb, mb), dtype)
 
     def cg_step(c):
         x, r, z, p, rz, mv, it, restarts, conv, broke, checked, V, T, w, ab = c
         if harvest:
             v = z / jnp.sqrt(jnp.where(rz > 0, rz, 1.0))
-            V = V.at[:, w].set(jnp.where(rz > 0, v, 0.0))
+            V = V.at[w].set(jnp.where(rz > 0, v, 0.0))
         q = matvec(p)
         pq = jnp.vdot(p, q)
         bad = ~(pq > 0) | ~jnp.isfinite(rz)  # not SPD, or NaN
@@ -173,7 +174,7 @@ def deflated_cg_loop(
             Tn = Yc.T @ T @ Yc
             theta, S = jnp.linalg.eigh(0.5 * (Tn + Tn.T))
             Yc = Yc @ S
-            Vn = jnp.zeros_like(V).at[:, : 2 * nev].set(V @ Yc)
+            Vn = jnp.zeros_like(V).at[: 2 * nev].set(Yc.T @ V)
             Tr = jnp.zeros_like(T).at[jnp.arange(2 * nev), jnp.arange(2 * nev)].set(theta)
             coupling = pending * Yc[-1, :]
             Tr = Tr.at[: 2 * nev, 2 * nev].set(coupling).at[2 * nev, : 2 * nev].set(coupling)
@@ -203,7 +204,7 @@ def deflated_cg_loop(
         big = 1e3 * (jnp.max(jnp.abs(Tm)) + 1.0)
         Tm = Tm + jnp.diag(jnp.where(used, 0.0, big))
         _, Y = jnp.linalg.eigh(0.5 * (Tm + Tm.T))
-        ritz_vectors = V @ Y[:, :ritz]
+        ritz_vectors = (Y[:, :ritz].T @ V).T
         count = w
     else:
         ritz_vectors = jnp.zeros((n, 0), dtype)

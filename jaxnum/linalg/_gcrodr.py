@@ -44,13 +44,14 @@ def harmonic_ritz_harvest(k: int):
     """
 
     def harvest(U, C, have, cycle: Cycle):
+        # U and C arrive as rows, (k, n).
         dtype = U.dtype
         size = cycle.H.shape[1]
         j = cycle.steps
         used = jnp.arange(size) < j
-        unorm = jnp.linalg.norm(U, axis=0)
+        unorm = jnp.linalg.norm(U, axis=1)
         d = jnp.where(have & (unorm > 0), 1.0 / jnp.where(unorm > 0, unorm, 1.0), 0.0)
-        Uhat = U * d[None, :]
+        Uhat = U * d[:, None]
         Vs = jnp.where(used[:, None], cycle.V[:size], 0.0)  # (S, n)
         # Ḡ = [[D, B], [0, H̄]], with identity placeholders on masked columns.
         top_left = jnp.where(have, jnp.diag(d), jnp.eye(k, dtype=dtype))
@@ -60,25 +61,25 @@ def harmonic_ritz_harvest(k: int):
         Hbar = Hbar + jnp.eye(size + 1, size, k=-1, dtype=dtype) * placeholder[None, :]
         G = jnp.block([[top_left, B], [jnp.zeros((size + 1, k), dtype), Hbar]])
         # Ŵ^T V̂, using C ⟂ V and V orthonormal (both hold to rounding by CGS2).
-        CtU = C.T @ Uhat
-        VtU = cycle.V @ Uhat
+        CtU = C @ Uhat.T
+        VtU = cycle.V @ Uhat.T
         eye_used = jnp.eye(size + 1, size, dtype=dtype) * used[None, :]
         WtV = jnp.block([[CtU, jnp.zeros((k, size), dtype)], [VtU, eye_used]])
         # Ḡ^+ (Ŵ^T V̂) through the normal equations: Ḡ has full column rank and is
-        # well conditioned here, and LU is far cheaper than XLA:CPU's QR.
+        # well conditioned here, and this avoids XLA:CPU's slow triangular solves.
         M = spd_inverse(G.T @ G) @ (G.T @ WtV)
         mu, Z = jnp.linalg.eig(M)
         idx = jnp.argsort(-jnp.abs(mu), stable=True)[:k]
         P = _realify(Z[:, idx], mu[idx]).astype(dtype)
         P, _, ok_p = tall_qr(P)
         Qp, Rp, ok_q = tall_qr(G @ P)
-        C_new = C @ Qp[:k] + cycle.V.T @ Qp[k:]
-        Y = Uhat @ P[:k] + Vs.T @ P[k:]
+        C_new = Qp[:k].T @ C + Qp[k:].T @ cycle.V
+        Y = P[:k].T @ Uhat + P[k:].T @ Vs
         ok = ok_p & ok_q
         # Enough directions to choose from: k from U, or j >= k new Arnoldi vectors.
         ok = ok & (have | (j >= k)) & jnp.all(jnp.isfinite(mu))
         Rp_safe = jnp.where(ok, Rp, jnp.eye(k, dtype=dtype))
-        U_new = Y @ upper_inverse(Rp_safe)
+        U_new = upper_inverse(Rp_safe).T @ Y
         U_out = jnp.where(ok, U_new, U)
         C_out = jnp.where(ok, C_new, C)
         return U_out, C_out, have | ok

@@ -52,7 +52,8 @@ def restarted_krylov(
     With a recycle pair (`U`, `C` with `A M U = C`, `C` orthonormal) every cycle is
     a GCRO-DR cycle of `size - k` Arnoldi steps on `(I - C C^T) A M`; without one
     (`have` False) the first cycle is a GMRES(`size`) cycle. `harvest(U, C, have,
-    cycle)` updates the pair after each cycle (it must accept both cycle sizes). The loop exits as soon as the *true* residual meets
+    cycle)` updates the pair after each cycle (it must accept both cycle sizes; it sees
+    `U` and `C` as rows, `(k, n)`). The loop exits as soon as the *true* residual meets
     `||b - A x|| <= rtol ||b|| + atol`: the cheap Givens estimate only triggers
     the check, and one matrix-vector product (counted) confirms it.
     """
@@ -71,6 +72,8 @@ def restarted_krylov(
     if k == 0:
         U = C = jnp.zeros((b.shape[0], 0), dtype)
         have = jnp.array(False)
+    # Internally blocks are rows: (k, n).
+    U, C = U.T, C.T
 
     def true_residual(x, matvecs):
         return b_safe - matvec(x), matvecs + 1
@@ -84,17 +87,17 @@ def restarted_krylov(
         if k > 0:
             Cm = jnp.where(have, C, 0.0)
             Um = jnp.where(have, U, 0.0)
-            coef = Cm.T @ r
-            x = x + precond(Um @ coef)
-            r = r - Cm @ coef
+            coef = Cm @ r
+            x = x + precond(coef @ Um)
+            r = r - coef @ Cm
             rnorm = jnp.linalg.norm(r)
         else:
             Cm = Um = None
         limit = jnp.clip(max_steps - mv, 1, size)
         cycle = arnoldi_cycle(matvec, precond, r, rnorm, Cm, limit, size, tol)
-        dx = cycle.V[:size].T @ cycle.y
+        dx = cycle.y @ cycle.V[:size]
         if k > 0:
-            dx = dx - Um @ (cycle.B @ cycle.y)
+            dx = dx - (cycle.B @ cycle.y) @ Um
         x = x + precond(dx)
         mv = mv + cycle.steps
         r_rec = residual_update(r, cycle)
@@ -144,4 +147,4 @@ def restarted_krylov(
     conv = conv | (rnorm <= tol)
     rel = rnorm / jnp.where(bnorm > 0, bnorm, 1.0)
     broke = broke & ok_input
-    return LoopOut(x, rel, mv, cyc, conv, stag, broke, ok_input, U, C, have)
+    return LoopOut(x, rel, mv, cyc, conv, stag, broke, ok_input, U.T, C.T, have)

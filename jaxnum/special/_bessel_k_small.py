@@ -1,4 +1,4 @@
-"""log K_v(x) for small $r = \sqrt{v^2 + x^2}$ (below the Debye threshold).
+r"""log K_v(x) for small $r = \sqrt{v^2 + x^2}$ (below the Debye threshold).
 
 Two methods, both free of overflow because they carry logarithms and ratios:
 

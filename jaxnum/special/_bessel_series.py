@@ -1,4 +1,4 @@
-"""Power series of log I_v(x) for small $r = \sqrt{v^2 + x^2}$.
+r"""Power series of log I_v(x) for small $r = \sqrt{v^2 + x^2}$.
 
 $I_v(x) = (x/2)^v / \Gamma(v+1) \sum_k t_k$ with $t_0 = 1$ and
 $t_k = t_{k-1} (x^2/4) / (k (v + k))$. All terms are positive, so the sum

@@ -1,4 +1,4 @@
-"""Uniform large-order (Debye) expansion of log I_v(x) and log K_v(x).
+r"""Uniform large-order (Debye) expansion of log I_v(x) and log K_v(x).
 
 With $r = \sqrt{v^2 + x^2}$, $t = v / r$ and $\eta$ as in DLMF 10.41.7,
 

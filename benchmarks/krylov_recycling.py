@@ -1,0 +1,341 @@
+"""Krylov subspace recycling on sequences of PDE systems: jaxnum against its peers.
+
+Runs, in one process and on the same systems (float64, relative tolerance 1e-8,
+right-hand side f = 1):
+
+* (a) convection-diffusion `-div(a grad u) + v.grad u` (upwind, non-symmetric) with
+  log-normal Gaussian-random-field coefficients, 2D at 64^2 and 128^2 (and 256^2 for
+  the growth table);
+* (b) Darcy `-div(a grad u)` (SPD), 2D at 128^2 and 3D at 32^3;
+* (c) Helmholtz `-Laplace u - k^2 (1 + 0.1 c) u` (indefinite), varying wavenumber;
+* (u) unrelated systems at high Peclet number (independent coefficients): does
+  carrying a space hurt?
+
+Peers: `lineax.GMRES(restart=40)` / `lineax.CG`, `jax.scipy.sparse.linalg.gmres` /
+`cg`, `scipy.sparse.linalg.gmres(restart=40)` / `cg`, scipy's `gcrotmk` with one
+recycle list shared along the sequence, and `scipy.sparse.linalg.spsolve`. jaxnum:
+GMRES(40), GCRO-DR(40, 20) without carrying the space between systems, with it in
+the given order and in similarity order (DeflatedCG for SPD).
+
+Systems that are solved independently (every peer, jaxnum GMRES and GCRO-DR without
+carrying) are timed on the first `--peer-systems` systems; the recycling runs solve
+the whole sequence (`--systems`), since the sequence is the point. Every solution is
+checked (true residual, and agreement with `spsolve`) before it is timed. Matrix-vector
+products are counted by wrapping the operator (separate, untimed runs for peers).
+
+    python benchmarks/krylov_recycling.py                 # everything, defaults
+    python benchmarks/krylov_recycling.py --cases a64 u --systems 50 --json
+"""
+
+import os
+
+
+# Pin threads alike for every side before numpy/jax are imported.
+os.environ.setdefault(
+    "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+)
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+
+
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp  # noqa: E402
+import jax.random as jr  # noqa: E402
+import lineax as lx  # noqa: E402
+import numpy as np  # noqa: E402
+import scipy.sparse as sp  # noqa: E402
+import scipy.sparse.linalg as spla  # noqa: E402
+
+import jaxnum.linalg as jl  # noqa: E402
+from jaxnum._families import (  # noqa: E402
+    convection_diffusion_family,
+    darcy_family,
+    gaussian_random_field,
+    helmholtz_family,
+)
+
+
+RTOL = 1e-8
+M, K = 40, 20
+
+
+# --------------------------------------------------------------------------- problems
+def smooth_family(key, num, shape, modes=6, sigma=1.0):
+    """Log-coefficients from a Gaussian random field with covariance
+    (-Laplace + 9)^-2 restricted to its `modes` leading Fourier modes (a finite-rank
+    Karhunen-Loeve expansion), so that systems form a continuous family in which
+    similarity ordering means something."""
+    axes = [(jnp.arange(n) + 1.0) / (n + 1) for n in shape]
+    grids = jnp.meshgrid(*axes, indexing="ij")
+    cands = []
+    rng = range(0, 4)
+    for ks in np.ndindex(*(len(rng),) * len(shape)):
+        if not any(ks):
+            continue
+        phase = 2 * jnp.pi * sum(k * g for k, g in zip(ks, grids))
+        lam = (4 * np.pi**2 * sum(k * k for k in ks) + 9.0) ** -2.0
+        cands += [(lam, jnp.cos(phase)), (lam, jnp.sin(phase))]
+    cands.sort(key=lambda c: -c[0])
+    lam = jnp.asarray([c[0] for c in cands[:modes]])
+    phi = jnp.stack([c[1] for c in cands[:modes]])
+    xi = jr.normal(key, (num, modes))
+    fields = jnp.einsum("sj,j...->s...", xi * jnp.sqrt(lam), phi)
+    return sigma * fields / jnp.std(fields)
+
+
+def make_case(name, num, seed):
+    """(params, make_operator, rhs, symmetric, description) for one benchmark case."""
+    key = jr.PRNGKey(seed)
+    if name.startswith("a"):
+        n = int(name[1:])
+        params = smooth_family(key, num, (n, n))
+        vel = jnp.asarray([10.0, 5.0])
+        make = lambda p: convection_diffusion_family(p, vel)  # noqa: E731
+        return params, make, jnp.ones((n, n)), False, f"conv-diff 2D {n}^2, |v|=11, log-normal KL-6 GRF"
+    if name == "b128":
+        params = gaussian_random_field(key, num, (128, 128))
+        return params, darcy_family, jnp.ones((128, 128)), True, "Darcy 2D 128^2, log-normal GRF"
+    if name == "b3d":
+        params = gaussian_random_field(key, num, (32, 32, 32))
+        return params, darcy_family, jnp.ones((32, 32, 32)), True, "Darcy 3D 32^3, log-normal GRF"
+    if name == "c":
+        n = 64
+        k1, k2 = jr.split(key)
+        ks = jr.uniform(k1, (num,), minval=8.0, maxval=12.0)
+        cs = gaussian_random_field(k2, num, (n, n), sigma=0.5)
+        return (ks, cs), helmholtz_family((n, n)), jnp.ones((n, n)), False, "Helmholtz 2D 64^2, k in [8,12]"
+    if name == "u":
+        n = 64
+        k1, k2 = jr.split(key)
+        params = gaussian_random_field(k1, num, (n, n), sigma=1.5)
+        angles = jr.uniform(k2, (num,), maxval=2 * jnp.pi)
+        def make(p):
+            log_a, th = p
+            return convection_diffusion_family(log_a, 300.0 * jnp.stack([jnp.cos(th), jnp.sin(th)]))
+        return (params, angles), make, jnp.ones((n, n)), False, "unrelated conv-diff 64^2, |v|=300, independent GRF and direction"
+    raise ValueError(f"unknown case {name!r}")
+
+
+def take(params, i):
+    return jax.tree_util.tree_map(lambda x: x[i], params)
+
+
+def to_csr(operator):
+    bcoo = operator.as_bcoo()
+    idx = np.asarray(bcoo.indices)
+    return sp.csr_matrix((np.asarray(bcoo.data), (idx[:, 0], idx[:, 1])), shape=bcoo.shape)
+
+
+class Counter:
+    def __init__(self):
+        self.n = 0
+
+
+# ------------------------------------------------------------------------------ runs
+def time_sequence(fn, params):
+    """AOT-compile `fn(params)`, then run once and time it."""
+    compiled = jax.jit(fn).lower(params).compile()
+    t0 = time.perf_counter()
+    out = compiled(params)
+    jax.block_until_ready(out)
+    return out, time.perf_counter() - t0
+
+
+def jax_single(solve):
+    """A jitted single solve `solve(p) -> x`, timed per system over a subset."""
+    return jax.jit(solve)
+
+
+def run_case(name, args):
+    N = args.systems
+    P = min(args.peer_systems, N)
+    params, make, rhs, symmetric, desc = make_case(name, N, args.seed)
+    b_np = np.asarray(rhs).ravel()
+    bnorm = np.linalg.norm(b_np)
+    mats = [to_csr(make(take(params, i))) for i in range(P)]
+    shape = rhs.shape
+    print(f"\n== ({name}) {desc}: {N} systems, {b_np.size} unknowns; peers timed on {P} ==", flush=True)
+    refs = []
+    rows = {}
+
+    def record(label, mv, times, sols, note=""):
+        res = [np.linalg.norm(b_np - mats[i] @ np.asarray(sols[i]).ravel()) / bnorm for i in range(min(P, len(sols)))]
+        err = [np.linalg.norm(np.asarray(sols[i]).ravel() - refs[i]) / np.linalg.norm(refs[i]) for i in range(min(P, len(sols)))] if refs else [0.0]
+        rows[label] = dict(
+            matvecs=float(np.median(mv)) if mv is not None else float("nan"),
+            time=float(np.mean(times)),
+            max_residual=float(np.max(res)),
+            max_error_vs_spsolve=float(np.max(err)),
+            note=note,
+        )
+        r = rows[label]
+        print(f"  {label:34s} matvecs/sys {r['matvecs']:8.0f}  time/sys {r['time']*1e3:9.1f} ms  "
+              f"max resid {r['max_residual']:.1e}  err vs spsolve {r['max_error_vs_spsolve']:.1e} {note}", flush=True)
+
+    # scipy spsolve: the direct reference.
+    times, sols = [], []
+    for A in mats:
+        t0 = time.perf_counter()
+        x = spla.spsolve(A.tocsc(), b_np)
+        times.append(time.perf_counter() - t0)
+        sols.append(x)
+    refs = sols
+    record("scipy spsolve", None, times, sols)
+
+    # scipy iterative: timed on the raw CSR matrix, counted through a wrapper.
+    def scipy_solver(kind, A, cu=None, count=None):
+        op = A
+        if count is not None:
+            def mv(v):
+                count.n += 1
+                return A @ v
+            op = spla.LinearOperator(A.shape, matvec=mv, dtype=A.dtype)
+        if kind == "gmres":
+            return spla.gmres(op, b_np, rtol=RTOL, atol=0.0, restart=M, maxiter=200)[0]
+        if kind == "cg":
+            return spla.cg(op, b_np, rtol=RTOL, atol=0.0, maxiter=20 * b_np.size)[0]
+        return spla.gcrotmk(op, b_np, rtol=RTOL, atol=0.0, m=K, k=K, CU=cu, discard_C=True, maxiter=500)[0]
+
+    kinds = ["cg"] if symmetric else ["gmres", "gcrotmk"]
+    for kind in kinds:
+        times, sols, mvs = [], [], []
+        cu = []
+        for A in mats:
+            t0 = time.perf_counter()
+            sols.append(scipy_solver(kind, A, cu))
+            times.append(time.perf_counter() - t0)
+        cu = []
+        for A in mats:
+            c = Counter()
+            scipy_solver(kind, A, cu, c)
+            mvs.append(c.n)
+        record(f"scipy {kind}" + ("(40)" if kind == "gmres" else "(m=20,k=20, shared CU)" if kind == "gcrotmk" else ""), mvs, times, sols)
+
+    # JAX peers: jitted single solves over the subset; matvecs counted separately.
+    def counted_operator(p, counter):
+        op = make(p)
+        def mv(v):
+            jax.debug.callback(lambda _: setattr(counter, "n", counter.n + 1), v[(0,) * v.ndim])
+            return op.mv(v)
+        return lx.FunctionLinearOperator(mv, op.in_structure(), op.tags)
+
+    if symmetric:
+        jax_peers = {
+            "lineax CG": lambda op, b: lx.linear_solve(op, b, lx.CG(rtol=RTOL, atol=0.0, max_steps=20 * b.size), throw=False).value,
+            "jax.scipy cg": lambda op, b: jax.scipy.sparse.linalg.cg(op.mv, b, tol=RTOL, atol=0.0, maxiter=20 * b.size)[0],
+        }
+    else:
+        jax_peers = {
+            "lineax GMRES(40)": lambda op, b: lx.linear_solve(op, b, lx.GMRES(rtol=RTOL, atol=0.0, restart=M, max_steps=40 * b.size, stagnation_iters=10**6), throw=False).value,
+            "jax.scipy gmres(40)": lambda op, b: jax.scipy.sparse.linalg.gmres(op.mv, b, tol=RTOL, atol=0.0, restart=M, maxiter=400)[0],
+        }
+    for label, solve in jax_peers.items():
+        f = jax.jit(lambda p, s=solve: s(make(p), rhs))
+        jax.block_until_ready(f(take(params, 0)))
+        times, sols = [], []
+        for i in range(P):
+            p = take(params, i)
+            t0 = time.perf_counter()
+            x = jax.block_until_ready(f(p))
+            times.append(time.perf_counter() - t0)
+            sols.append(x)
+        mvs = []
+        for i in range(min(P, args.count_systems)):
+            c = Counter()
+            jax.block_until_ready(solve(counted_operator(take(params, i), c), rhs))
+            jax.effects_barrier()
+            mvs.append(c.n)
+        record(label, mvs, times, sols)
+
+    # jaxnum.
+    if symmetric:
+        indep = {"jaxnum CG": jl.CG(RTOL, 0.0), "jaxnum DeflatedCG, no carry": None}
+        rec = jl.DeflatedCG(RTOL, 0.0, recycle=args.dcg_recycle)
+        rec_name = "DeflatedCG(k=%d)" % args.dcg_recycle
+    else:
+        indep = {"jaxnum GMRES(40)": jl.GMRES(RTOL, 0.0, restart=M), "jaxnum GCRO-DR(40,20), no carry": None}
+        rec = jl.GCRODR(RTOL, 0.0, restart=M, recycle=K)
+        rec_name = "GCRO-DR(40,20)"
+    sub = take(params, slice(0, P))
+    for label, solver in indep.items():
+        if solver is None:  # the recycling solver, with nothing carried between systems
+            fn = lambda q, s=rec: jax.lax.map(  # noqa: E731
+                lambda p: (lambda sol: (sol.value, sol.stats["num_matvecs"]))(
+                    lx.linear_solve(make(p), rhs, s, throw=False)), q)
+            (xs, mv), t = time_sequence(fn, sub)
+        else:
+            fn = lambda q, s=solver: jl.solve_sequence(make, q, rhs, s, order="given", throw=False)  # noqa: E731
+            out, t = time_sequence(fn, sub)
+            xs, mv = out.value, out.stats["num_matvecs"]
+        record(label, np.asarray(mv), [t / P], list(xs))
+    for order in ("given", "similarity"):
+        fn = lambda q, o=order: jl.solve_sequence(make, q, rhs, rec, order=o, throw=False)  # noqa: E731
+        out, t = time_sequence(fn, params)
+        mv = np.asarray(out.stats["num_matvecs"])
+        carried = float(np.mean(np.asarray(out.stats["carried"])))
+        record(f"jaxnum {rec_name}, {order}", mv, [t / N], list(out.value[:P]),
+               note=f"(all {N}; carried {carried:.0%})")
+    return desc, rows
+
+
+def ratios(name, rows):
+    out = {}
+    if name.startswith("a") or name in ("c", "u"):
+        sim = rows["jaxnum GCRO-DR(40,20), similarity"]
+        given = rows["jaxnum GCRO-DR(40,20), given"]
+        nocarry = rows["jaxnum GCRO-DR(40,20), no carry"]
+        out["matvecs GMRES(40) / GCRO-DR sim"] = rows["jaxnum GMRES(40)"]["matvecs"] / sim["matvecs"]
+        out["matvecs scipy GMRES(40) / GCRO-DR sim"] = rows["scipy gmres(40)"]["matvecs"] / sim["matvecs"]
+        out["matvecs no-carry / sim"] = nocarry["matvecs"] / sim["matvecs"]
+        out["matvecs given / no-carry"] = given["matvecs"] / nocarry["matvecs"]
+        out["time lineax GMRES(40) / GCRO-DR sim"] = rows["lineax GMRES(40)"]["time"] / sim["time"]
+        out["time scipy GMRES(40) / GCRO-DR sim"] = rows["scipy gmres(40)"]["time"] / sim["time"]
+        out["time jax.scipy gmres / GCRO-DR sim"] = rows["jax.scipy gmres(40)"]["time"] / sim["time"]
+        out["time scipy gcrotmk / GCRO-DR sim"] = rows["scipy gcrotmk(m=20,k=20, shared CU)"]["time"] / sim["time"]
+        out["time spsolve / GCRO-DR sim"] = rows["scipy spsolve"]["time"] / sim["time"]
+    else:
+        d = rows[[k for k in rows if "DeflatedCG" in k and "similarity" in k][0]]
+        out["matvecs CG / DeflatedCG sim"] = rows["jaxnum CG"]["matvecs"] / d["matvecs"]
+        out["matvecs lineax CG / DeflatedCG sim"] = rows["lineax CG"]["matvecs"] / d["matvecs"]
+        out["time lineax CG / DeflatedCG sim"] = rows["lineax CG"]["time"] / d["time"]
+        out["time scipy cg / DeflatedCG sim"] = rows["scipy cg"]["time"] / d["time"]
+        out["time spsolve / DeflatedCG sim"] = rows["scipy spsolve"]["time"] / d["time"]
+    for k, v in out.items():
+        print(f"  ratio {k:42s} {v:6.2f}")
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", nargs="+", default=["a64", "a128", "b128", "b3d", "c", "u", "a256"])
+    parser.add_argument("--systems", type=int, default=200, help="systems per sequence (default 200)")
+    parser.add_argument("--peer-systems", type=int, default=12, help="systems timed for independent solvers")
+    parser.add_argument("--count-systems", type=int, default=3, help="systems whose JAX-peer matvecs are counted")
+    parser.add_argument("--dcg-recycle", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print one machine-readable line at the end")
+    args = parser.parse_args()
+    print(f"jax {jax.__version__}, lineax {lx.__version__ if hasattr(lx, '__version__') else ''}, "
+          f"XLA_FLAGS={os.environ['XLA_FLAGS']!r}, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, "
+          f"backend {jax.default_backend()}")
+    results = {}
+    for name in args.cases:
+        n_sys = args.systems
+        if name == "a256":  # growth table only: fewer systems
+            args.systems = max(20, n_sys // 5)
+        desc, rows = run_case(name, args)
+        results[name] = dict(description=desc, rows=rows, ratios=ratios(name, rows))
+        args.systems = n_sys
+    if args.json:
+        print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
