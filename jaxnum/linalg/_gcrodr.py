@@ -52,7 +52,6 @@ def harmonic_ritz_harvest(k: int):
         unorm = jnp.linalg.norm(U, axis=1)
         d = jnp.where(have & (unorm > 0), 1.0 / jnp.where(unorm > 0, unorm, 1.0), 0.0)
         Uhat = U * d[:, None]
-        Vs = jnp.where(used[:, None], cycle.V[:size], 0.0)  # (S, n)
         # Ḡ = [[D, B], [0, H̄]], with identity placeholders on masked columns.
         top_left = jnp.where(have, jnp.diag(d), jnp.eye(k, dtype=dtype))
         B = jnp.where(used[None, :] & have, cycle.B, 0.0)
@@ -60,7 +59,7 @@ def harmonic_ritz_harvest(k: int):
         placeholder = jnp.where(used, 0.0, 1.0)
         Hbar = Hbar + jnp.eye(size + 1, size, k=-1, dtype=dtype) * placeholder[None, :]
         G = jnp.block([[top_left, B], [jnp.zeros((size + 1, k), dtype), Hbar]])
-        # Ŵ^T V̂, using C ⟂ V and V orthonormal (both hold to rounding by CGS2).
+        # Ŵ^T V̂, using C ⟂ V and V orthonormal (both hold to rounding with DGKS reorthogonalisation).
         CtU = C @ Uhat.T
         VtU = cycle.V @ Uhat.T
         eye_used = jnp.eye(size + 1, size, dtype=dtype) * used[None, :]
@@ -73,13 +72,16 @@ def harmonic_ritz_harvest(k: int):
         P = _realify(Z[:, idx], mu[idx]).astype(dtype)
         P, _, ok_p = tall_qr(P)
         Qp, Rp, ok_q = tall_qr(G @ P)
-        C_new = Qp[:k].T @ C + Qp[k:].T @ cycle.V
-        Y = P[:k].T @ Uhat + P[k:].T @ Vs
         ok = ok_p & ok_q
         # Enough directions to choose from: k from U, or j >= k new Arnoldi vectors.
         ok = ok & (have | (j >= k)) & jnp.all(jnp.isfinite(mu))
         Rp_safe = jnp.where(ok, Rp, jnp.eye(k, dtype=dtype))
-        U_new = upper_inverse(Rp_safe).T @ Y
+        # Small coefficient matrices first, then one pass over the long vectors:
+        # C' = Ŵ Qp and U' = V̂ P Rp^{-1}, with Û = D U and masked V rows.
+        C_new = Qp[:k].T @ C + Qp[k:].T @ cycle.V
+        coef = upper_inverse(Rp_safe).T @ P.T
+        coef_v = jnp.where(used[None, :], coef[:, k:], 0.0)
+        U_new = (coef[:, :k] * d[None, :]) @ U + coef_v @ cycle.V[:size]
         U_out = jnp.where(ok, U_new, U)
         C_out = jnp.where(ok, C_new, C)
         return U_out, C_out, have | ok

@@ -48,7 +48,8 @@ def krylov_stats(loop) -> dict:
 class GMRES(lx.AbstractLinearSolver):
     """Restarted GMRES with right preconditioning (Saad and Schultz 1986).
 
-    Arnoldi with classical Gram-Schmidt applied twice (CGS2), Givens-rotation
+    Arnoldi with classical Gram-Schmidt and DGKS selective reorthogonalisation,
+    Givens-rotation
     updated least squares, and an exit as soon as the *true* residual satisfies
     `||b - A x||_2 <= rtol ||b||_2 + atol`, inside a cycle too: the Givens estimate
     triggers the check and one counted matrix-vector product confirms it.
