@@ -329,7 +329,7 @@ def main():
     for name in args.cases:
         n_sys = args.systems
         if name == "a256":  # growth table only: fewer systems
-            args.systems = max(20, n_sys // 5)
+            args.systems = max(10, n_sys // 10)
         desc, rows = run_case(name, args)
         results[name] = dict(description=desc, rows=rows, ratios=ratios(name, rows))
         args.systems = n_sys
