@@ -22,6 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 
 
+_HALF_LOG_2PI = float(0.5 * np.log(2 * np.pi))
+_HALF_LOG_PI_2 = float(0.5 * np.log(np.pi / 2))
+
+
 @functools.lru_cache(maxsize=None)
 def debye_coefficients(n: int) -> tuple[tuple[float, ...], ...]:
     """Coefficients of $p_k(s)$ (lowest power first) for $k = 0, \\ldots, n-1$."""
@@ -83,10 +87,10 @@ def debye_branch(v, x, *, kind: str, scaled: bool, grad: bool, nterms: int):
     if kind == "i":
         # v*eta = r - v asinh(v/x); the scaled form uses r - x = v^2 / (r + x).
         expo = (v * v / (r + x) if scaled else r) - v * a
-        val = expo - 0.5 * np.log(2 * np.pi) - half_log_r + logsum
+        val = expo - _HALF_LOG_2PI - half_log_r + logsum
     else:
         expo = (v * v / (r + x) if scaled else r) - v * a
-        val = -expo + 0.5 * np.log(np.pi / 2) - half_log_r + logsum
+        val = -expo + _HALF_LOG_PI_2 - half_log_r + logsum
     if not grad:
         return (val,)
     f = lambda vv, xx: debye_log_sum(vv, xx, nterms, sign)

@@ -9,7 +9,7 @@ from jaxtyping import Array, ArrayLike, Float
 
 from ._bessel_k_small import integral_branch, temme_branch
 from ._bessel_series import series_branch
-from ._branching import evaluate_branches
+from ._branching import CHUNK, evaluate_branches
 from ._debye import debye_branch
 
 
@@ -86,6 +86,14 @@ def _special_values(kind, scaled, v, x):
     return tuple(jnp.where(both_inf, nan, a) for a in (val, d_x, d_v, ratio))
 
 
+def _bucket(n: int) -> int:
+    # Pad flattened sizes to a few buckets so that eager calls on many shapes
+    # share compiled code (compilation dominates small calls).
+    if n <= CHUNK:
+        return 256 if n <= 256 else CHUNK
+    return -(-n // CHUNK) * CHUNK
+
+
 def evaluate(kind: str, scaled: bool, level: str, v, x):
     """Flattened, branch-compacted evaluation; see `log_ive`.
 
@@ -93,8 +101,16 @@ def evaluate(kind: str, scaled: bool, level: str, v, x):
     `"hess"` adds the v- and x-partials of those four (12 arrays).
     """
     shape = jnp.broadcast_shapes(jnp.shape(v), jnp.shape(x))
-    v = jnp.broadcast_to(v, shape).ravel()
-    x = jnp.broadcast_to(x, shape).ravel()
+    n = int(np.prod(shape, dtype=np.int64))
+    nb = _bucket(n)
+    v = jnp.pad(jnp.broadcast_to(v, shape).ravel(), (0, nb - n), constant_values=1.0)
+    x = jnp.pad(jnp.broadcast_to(x, shape).ravel(), (0, nb - n), constant_values=1.0)
+    outs = _evaluate_flat(kind, scaled, level, v, x)
+    return tuple(o[:n].reshape(shape) for o in outs)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _evaluate_flat(kind, scaled, level, v, x):
     bad = jnp.isnan(v) | jnp.isnan(x) | (v < 0) | (x < 0)
     special = (x == 0) | jnp.isinf(x) | jnp.isinf(v)
     regular = ~(bad | special)
@@ -108,7 +124,7 @@ def evaluate(kind: str, scaled: bool, level: str, v, x):
     for i, o in enumerate(outs):
         o = jnp.where(special, spec[i] if i < 4 else jnp.nan, o)
         o = jnp.where(bad, jnp.nan, o)
-        fixed.append(o.reshape(shape))
+        fixed.append(o)
     return tuple(fixed)
 
 
@@ -254,5 +270,3 @@ log_kv.__doc__ = (
     + "\nCompare `scipy.special.kv` and `scipy.special.kve`.\n"
 )
 
-# Quiet linters about the numpy import kept for constants in sibling modules.
-del np
