@@ -16,7 +16,6 @@ from ._misc import (
     get_preconditioner,
     get_y0,
     spd_inverse,
-    tall_qr,
     upper_inverse,
 )
 from ._recycle import adaptive_update, check_space, empty_space, RecycleSpace, reproject
@@ -59,7 +58,7 @@ def harmonic_ritz_harvest(k: int):
         placeholder = jnp.where(used, 0.0, 1.0)
         Hbar = Hbar + jnp.eye(size + 1, size, k=-1, dtype=dtype) * placeholder[None, :]
         G = jnp.block([[top_left, B], [jnp.zeros((size + 1, k), dtype), Hbar]])
-        # Ŵ^T V̂, using C ⟂ V and V orthonormal (both hold to rounding with DGKS reorthogonalisation).
+        # Ŵ^T V̂, using C ⟂ V and V orthonormal (to rounding times the basis' conditioning).
         CtU = C @ Uhat.T
         VtU = cycle.V @ Uhat.T
         eye_used = jnp.eye(size + 1, size, dtype=dtype) * used[None, :]
@@ -70,8 +69,13 @@ def harmonic_ritz_harvest(k: int):
         mu, Z = jnp.linalg.eig(M)
         idx = jnp.argsort(-jnp.abs(mu), stable=True)[:k]
         P = _realify(Z[:, idx], mu[idx]).astype(dtype)
-        P, _, ok_p = tall_qr(P)
-        Qp, Rp, ok_q = tall_qr(G @ P)
+        # Small blocks: Householder QR is fast here (it is tall n x k blocks that are
+        # slow on XLA:CPU, see `tall_qr`).
+        P, _ = jnp.linalg.qr(P)
+        Qp, Rp = jnp.linalg.qr(G @ P)
+        rd = jnp.abs(jnp.diagonal(Rp))
+        ok_p = jnp.all(jnp.isfinite(P))
+        ok_q = jnp.all(jnp.isfinite(Rp)) & (jnp.min(rd) > 1e3 * jnp.finfo(dtype).eps * jnp.max(rd))
         ok = ok_p & ok_q
         # Enough directions to choose from: k from U, or j >= k new Arnoldi vectors.
         ok = ok & (have | (j >= k)) & jnp.all(jnp.isfinite(mu))
@@ -118,6 +122,7 @@ class GCRODR(lx.AbstractLinearSolver):
         carrying it.
     - `drop_ratio`, `max_backoff`: the adaptive policy's threshold and longest
         back-off.
+    - `reorthogonalize`: classical Gram-Schmidt twice (CGS2) instead of once.
 
     **Options:** `recycle` (a `RecycleSpace`, e.g. the previous solve's
     `stats["recycle"]`; absent means start fresh), `preconditioner` (right), `y0`.
@@ -140,6 +145,7 @@ class GCRODR(lx.AbstractLinearSolver):
     adaptive: bool = True
     drop_ratio: float = 0.95
     max_backoff: int = 16
+    reorthogonalize: bool = False
 
     def __check_init__(self):
         check_tolerances("GCRODR", self.rtol, self.atol)
@@ -210,6 +216,7 @@ class GCRODR(lx.AbstractLinearSolver):
             have=have,
             harvest=harmonic_ritz_harvest(k),
             matvecs0=jnp.where(carried, k, 0),
+            reorthogonalize=self.reorthogonalize,
         )
         new_space = RecycleSpace(
             basis=jnp.where(loop.have, loop.U, space.basis),

@@ -48,8 +48,7 @@ def krylov_stats(loop) -> dict:
 class GMRES(lx.AbstractLinearSolver):
     """Restarted GMRES with right preconditioning (Saad and Schultz 1986).
 
-    Arnoldi with classical Gram-Schmidt and DGKS selective reorthogonalisation,
-    Givens-rotation
+    Arnoldi with classical Gram-Schmidt (optionally twice), Givens-rotation
     updated least squares, and an exit as soon as the *true* residual satisfies
     `||b - A x||_2 <= rtol ||b||_2 + atol`, inside a cycle too: the Givens estimate
     triggers the check and one counted matrix-vector product confirms it.
@@ -60,6 +59,8 @@ class GMRES(lx.AbstractLinearSolver):
     - `restart`: the Krylov dimension `m` of each cycle.
     - `max_steps`: the most operator applications (matrix-vector products) allowed;
         default `10 n`.
+    - `reorthogonalize`: classical Gram-Schmidt twice (CGS2) instead of once; for
+        very ill-conditioned Krylov bases, at twice the orthogonalisation cost.
 
     **Options** (`lineax.linear_solve(..., options=...)`): `preconditioner`, a
     lineax operator approximating `A^{-1}` (applied on the right: the solver works
@@ -78,6 +79,7 @@ class GMRES(lx.AbstractLinearSolver):
     atol: float
     restart: int = 40
     max_steps: int | None = None
+    reorthogonalize: bool = False
 
     def __check_init__(self):
         check_tolerances("GMRES", self.rtol, self.atol)
@@ -105,6 +107,7 @@ class GMRES(lx.AbstractLinearSolver):
             rtol=self.rtol,
             atol=self.atol,
             max_steps=default_max_steps(self.max_steps, flat.size),
+            reorthogonalize=self.reorthogonalize,
         )
         result = final_result(
             loop.converged, loop.ok_input, loop.stagnated & ~loop.broke, ~loop.broke

@@ -45,6 +45,7 @@ def restarted_krylov(
     have: Array | None = None,
     harvest: Harvest | None = None,
     matvecs0=0,
+    reorthogonalize: bool = False,
 ) -> LoopOut:
     """Right-preconditioned restarted (projected) GMRES, solving `A x = b` with
     `x = x0 + M y`.
@@ -94,7 +95,9 @@ def restarted_krylov(
         else:
             Cm = Um = None
         limit = jnp.clip(max_steps - mv, 1, size)
-        cycle = arnoldi_cycle(matvec, precond, r, rnorm, Cm, limit, size, tol)
+        cycle = arnoldi_cycle(
+            matvec, precond, r, rnorm, Cm, limit, size, tol, reorthogonalize
+        )
         dx = cycle.y @ cycle.V[:size]
         if k > 0:
             dx = dx - (cycle.B @ cycle.y) @ Um
