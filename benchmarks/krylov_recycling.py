@@ -17,7 +17,9 @@ recycle list shared along the sequence, and `scipy.sparse.linalg.spsolve`. jaxnu
 GMRES(40), GCRO-DR(40, 20) without carrying the space between systems, with it in
 the given order and in similarity order (DeflatedCG for SPD).
 
-Systems that are solved independently (every peer, jaxnum GMRES and GCRO-DR without
+Times are the process CPU time per system (every side single-threaded, so this is
+the compute each side spent, independent of other load on a shared machine); wall
+time is printed beside it. Systems that are solved independently (every peer, jaxnum GMRES and GCRO-DR without
 carrying) are timed on the first `--peer-systems` systems; the recycling runs solve
 the whole sequence (`--systems`), since the sequence is the point. Every solution is
 checked (true residual, and agreement with `spsolve`) before it is timed. Matrix-vector
@@ -139,13 +141,30 @@ class Counter:
 
 
 # ------------------------------------------------------------------------------ runs
+class Clock:
+    """CPU time of this process (and wall time beside it).
+
+    Every side runs single-threaded (pinned above), so the process CPU time is the
+    compute each side spent, and does not depend on what else the shared 2-core
+    machine is doing; wall time is recorded too.
+    """
+
+    def __enter__(self):
+        self.cpu0, self.wall0 = time.process_time(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.cpu = time.process_time() - self.cpu0
+        self.wall = time.perf_counter() - self.wall0
+
+
 def time_sequence(fn, params):
     """AOT-compile `fn(params)`, then run once and time it."""
     compiled = jax.jit(fn).lower(params).compile()
-    t0 = time.perf_counter()
-    out = compiled(params)
-    jax.block_until_ready(out)
-    return out, time.perf_counter() - t0
+    with Clock() as clock:
+        out = compiled(params)
+        jax.block_until_ready(out)
+    return out, clock
 
 
 def jax_single(solve):
@@ -165,29 +184,31 @@ def run_case(name, args):
     refs = []
     rows = {}
 
-    def record(label, mv, times, sols, note=""):
+    def record(label, mv, clocks, sols, note="", per=1):
         res = [np.linalg.norm(b_np - mats[i] @ np.asarray(sols[i]).ravel()) / bnorm for i in range(min(P, len(sols)))]
         err = [np.linalg.norm(np.asarray(sols[i]).ravel() - refs[i]) / np.linalg.norm(refs[i]) for i in range(min(P, len(sols)))] if refs else [0.0]
         rows[label] = dict(
             matvecs=float(np.median(mv)) if mv is not None else float("nan"),
-            time=float(np.mean(times)),
+            time=float(sum(c.cpu for c in clocks) / per),
+            wall=float(sum(c.wall for c in clocks) / per),
             max_residual=float(np.max(res)),
             max_error_vs_spsolve=float(np.max(err)),
             note=note,
         )
         r = rows[label]
-        print(f"  {label:34s} matvecs/sys {r['matvecs']:8.0f}  time/sys {r['time']*1e3:9.1f} ms  "
+        print(f"  {label:34s} matvecs/sys {r['matvecs']:8.0f}  cpu/sys {r['time']*1e3:9.1f} ms  wall/sys {r['wall']*1e3:9.1f} ms  "
               f"max resid {r['max_residual']:.1e}  err vs spsolve {r['max_error_vs_spsolve']:.1e} {note}", flush=True)
 
     # scipy spsolve: the direct reference.
     times, sols = [], []
     for A in mats:
-        t0 = time.perf_counter()
-        x = spla.spsolve(A.tocsc(), b_np)
-        times.append(time.perf_counter() - t0)
+        A = A.tocsc()
+        with Clock() as c:
+            x = spla.spsolve(A, b_np)
+        times.append(c)
         sols.append(x)
     refs = sols
-    record("scipy spsolve", None, times, sols)
+    record("scipy spsolve", None, times, sols, per=len(mats))
 
     # scipy iterative: timed on the raw CSR matrix, counted through a wrapper.
     def scipy_solver(kind, A, cu=None, count=None):
@@ -208,15 +229,15 @@ def run_case(name, args):
         times, sols, mvs = [], [], []
         cu = []
         for A in mats:
-            t0 = time.perf_counter()
-            sols.append(scipy_solver(kind, A, cu))
-            times.append(time.perf_counter() - t0)
+            with Clock() as c:
+                sols.append(scipy_solver(kind, A, cu))
+            times.append(c)
         cu = []
         for A in mats:
             c = Counter()
             scipy_solver(kind, A, cu, c)
             mvs.append(c.n)
-        record(f"scipy {kind}" + ("(40)" if kind == "gmres" else "(m=20,k=20, shared CU)" if kind == "gcrotmk" else ""), mvs, times, sols)
+        record(f"scipy {kind}" + ("(40)" if kind == "gmres" else "(m=20,k=20, shared CU)" if kind == "gcrotmk" else ""), mvs, times, sols, per=len(mats))
 
     # JAX peers: jitted single solves over the subset; matvecs counted separately.
     def counted_operator(p, counter):
@@ -242,9 +263,9 @@ def run_case(name, args):
         times, sols = [], []
         for i in range(P):
             p = take(params, i)
-            t0 = time.perf_counter()
-            x = jax.block_until_ready(f(p))
-            times.append(time.perf_counter() - t0)
+            with Clock() as c:
+                x = jax.block_until_ready(f(p))
+            times.append(c)
             sols.append(x)
         mvs = []
         for i in range(min(P, args.count_systems)):
@@ -252,7 +273,7 @@ def run_case(name, args):
             jax.block_until_ready(solve(counted_operator(take(params, i), c), rhs))
             jax.effects_barrier()
             mvs.append(c.n)
-        record(label, mvs, times, sols)
+        record(label, mvs, times, sols, per=P)
 
     # jaxnum.
     if symmetric:
@@ -274,14 +295,14 @@ def run_case(name, args):
             fn = lambda q, s=solver: jl.solve_sequence(make, q, rhs, s, order="given", throw=False)  # noqa: E731
             out, t = time_sequence(fn, sub)
             xs, mv = out.value, out.stats["num_matvecs"]
-        record(label, np.asarray(mv), [t / P], list(xs))
+        record(label, np.asarray(mv), [t], list(xs), per=P)
     for order in ("given", "similarity"):
         fn = lambda q, o=order: jl.solve_sequence(make, q, rhs, rec, order=o, throw=False)  # noqa: E731
         out, t = time_sequence(fn, params)
         mv = np.asarray(out.stats["num_matvecs"])
         carried = float(np.mean(np.asarray(out.stats["carried"])))
-        record(f"jaxnum {rec_name}, {order}", mv, [t / N], list(out.value[:P]),
-               note=f"(all {N}; carried {carried:.0%})")
+        record(f"jaxnum {rec_name}, {order}", mv, [t], list(out.value[:P]),
+               note=f"(all {N}; carried {carried:.0%})", per=N)
     return desc, rows
 
 
