@@ -200,3 +200,24 @@ def test_cg_reports_breakdown_on_indefinite_operator():
     op = lx.MatrixLinearOperator(A, lx.positive_semidefinite_tag)  # a false promise
     sol = lx.linear_solve(op, jnp.asarray([0.0, 1.0, 0.0, 0.0]), jl.CG(1e-8, 0.0), throw=False)
     assert sol.result == lx.RESULTS.breakdown
+
+
+@pytest.mark.parametrize(
+    "solver",
+    [jl.GCRODR(1e-11, 0.0, restart=20, recycle=6), jl.DeflatedCG(1e-11, 0.0, recycle=4)],
+)
+def test_gradient_through_a_recycled_sequence(solver):
+    n = 10
+    rng = np.random.default_rng(6)
+    params = jnp.asarray(0.3 * rng.standard_normal((4, n, n)))
+
+    @jax.jit
+    def loss(theta):
+        make = lambda p: jl.diffusion_operator(jnp.exp(p + theta))  # noqa: E731
+        return jnp.sum(jl.solve_sequence(make, params, jnp.ones((n, n)), solver).value ** 2)
+
+    theta = jnp.asarray(0.1 * rng.standard_normal((n, n)))
+    d = jnp.asarray(rng.standard_normal((n, n)))
+    g = jax.jit(jax.grad(loss))(theta)
+    fd = (loss(theta + 1e-6 * d) - loss(theta - 1e-6 * d)) / 2e-6
+    np.testing.assert_allclose(jnp.vdot(g, d), fd, rtol=1e-6)
