@@ -179,7 +179,6 @@ def run_case(name, args):
     b_np = np.asarray(rhs).ravel()
     bnorm = np.linalg.norm(b_np)
     mats = [to_csr(make(take(params, i))) for i in range(P)]
-    shape = rhs.shape
     print(f"\n== ({name}) {desc}: {N} systems, {b_np.size} unknowns; peers timed on {P} ==", flush=True)
     refs = []
     rows = {}

@@ -19,7 +19,6 @@ def ritz_harvest(W, AW, P, AP, k: int):
     form is reduced to a standard one through the eigen-decomposition of the Gram
     matrix, dropping directions that are numerically dependent (or unused).
     """
-    dtype = W.dtype
     Z = jnp.concatenate([W, P], axis=1)
     AZ = jnp.concatenate([AW, AP], axis=1)
     T = Z.T @ AZ
