@@ -7,7 +7,7 @@ import lineax as lx
 from ._cg import check_spd_operator, run_cg
 from ._gmres import conj_options, transpose_options
 from ._misc import batched_matvec, check_square, check_tolerances, flat_matvec
-from ._recycle import adaptive_update, check_space, empty_space, RecycleSpace
+from ._recycle import adaptive_update, empty_space, load_space, RecycleSpace
 
 
 def ritz_harvest(W, AW, P, AP, k: int):
@@ -114,17 +114,8 @@ class DeflatedCG(lx.AbstractLinearSolver):
         operator = state
         flat = check_square(operator, "DeflatedCG")
         n, k = flat.size, self.recycle
-        space = options.get("recycle", None)
-        space = (
-            empty_space(n, k, flat.dtype)
-            if space is None
-            else check_space(space, n, k, flat.dtype, "DeflatedCG")
-        )
-        space = lax.stop_gradient(space)
+        space, carried = load_space(options, n, k, flat.dtype, "DeflatedCG", self.adaptive)
         matvec = flat_matvec(operator, flat)
-        carried = space.active
-        if self.adaptive:
-            carried = carried & (space.skip == 0)
         W = jnp.where(carried, space.basis, 0.0)
         AW = lax.cond(
             carried,

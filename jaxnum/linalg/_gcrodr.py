@@ -18,7 +18,7 @@ from ._misc import (
     spd_inverse,
     upper_inverse,
 )
-from ._recycle import adaptive_update, check_space, empty_space, RecycleSpace, reproject
+from ._recycle import adaptive_update, empty_space, load_space, RecycleSpace, reproject
 from ._restarted import restarted_krylov
 
 
@@ -178,18 +178,9 @@ class GCRODR(lx.AbstractLinearSolver):
         n, k, m = flat.size, self.recycle, self.restart
         preconditioner = get_preconditioner(operator, options, "GCRODR")
         x0 = get_y0(flat, vector, options, "GCRODR")
-        space = options.get("recycle", None)
-        space = (
-            empty_space(n, k, flat.dtype)
-            if space is None
-            else check_space(space, n, k, flat.dtype, "GCRODR")
-        )
-        space = lax.stop_gradient(space)
+        space, carried = load_space(options, n, k, flat.dtype, "GCRODR", self.adaptive)
         matvec = flat_matvec(operator, flat)
         precond = flat_precond(preconditioner, flat)
-        carried = space.active
-        if self.adaptive:
-            carried = carried & (space.skip == 0)
 
         def project(basis):
             return reproject(lambda u: matvec(precond(u)), basis)

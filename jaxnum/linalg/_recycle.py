@@ -1,6 +1,7 @@
 """The recycle space carried from one solve to the next."""
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
@@ -75,6 +76,18 @@ def check_space(space, n: int, k: int, dtype, name: str) -> RecycleSpace:
         backoff=space.backoff,
         reference=space.reference.astype(dtype),
     )
+
+
+def load_space(options, n: int, k: int, dtype, name: str, adaptive: bool):
+    """The `recycle` option (or an empty space), checked, as a constant; and whether
+    this solve carries it (an active space, not in an adaptive back-off)."""
+    space = options.get("recycle", None)
+    space = empty_space(n, k, dtype) if space is None else check_space(space, n, k, dtype, name)
+    space = jax.lax.stop_gradient(space)
+    carried = space.active
+    if adaptive:
+        carried = carried & (space.skip == 0)
+    return space, carried
 
 
 def reproject(matvec, basis: Array) -> tuple[Array, Array, Array]:
