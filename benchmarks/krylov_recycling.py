@@ -332,6 +332,23 @@ def ratios(name, rows):
     return out
 
 
+def markdown(results) -> str:
+    """The results as Markdown tables (what goes into benchmarks/README.md)."""
+    lines = []
+    for name, res in results.items():
+        lines += [f"**({name}) {res['description']}**", "",
+                  "| method | matvecs / system (median) | CPU ms / system | wall ms / system | max true rel. residual | max rel. error vs spsolve |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for label, r in res["rows"].items():
+            mv = "-" if r["matvecs"] != r["matvecs"] else f"{r['matvecs']:.0f}"
+            lines.append(f"| {label} {r['note']} | {mv} | {r['time'] * 1e3:.1f} | {r['wall'] * 1e3:.1f} | "
+                         f"{r['max_residual']:.1e} | {r['max_error_vs_spsolve']:.1e} |")
+        lines += ["", "| ratio | value |", "|---|---:|"]
+        lines += [f"| {k} | {v:.2f} |" for k, v in res["ratios"].items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", nargs="+", default=["a64", "a128", "b128", "b3d", "c", "u", "a256"])
@@ -341,7 +358,13 @@ def main():
     parser.add_argument("--dcg-recycle", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one machine-readable line at the end")
+    parser.add_argument("--markdown-from", metavar="LOG", help="render the JSON line of an earlier run's log as Markdown and exit")
     args = parser.parse_args()
+    if args.markdown_from:
+        with open(args.markdown_from) as f:
+            last = [line for line in f if line.startswith("{")][-1]
+        print(markdown(json.loads(last)))
+        return
     print(f"jax {jax.__version__}, lineax {lx.__version__ if hasattr(lx, '__version__') else ''}, "
           f"XLA_FLAGS={os.environ['XLA_FLAGS']!r}, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, "
           f"backend {jax.default_backend()}")
