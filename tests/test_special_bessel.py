@@ -116,7 +116,7 @@ def test_limits():
 
 
 @pytest.mark.parametrize("kind", ["i", "k"])
-@pytest.mark.parametrize("scaled", [False, True])
+@pytest.mark.parametrize("scaled", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_continuity_across_branches(kind, scaled):
     # The two branches on either side of each boundary, evaluated at the same
     # points on the boundary, must agree (both are accurate there).
