@@ -6,6 +6,7 @@ $\mathrm{StableMax}(z)_i = s(z_i) / \sum_j s(z_j)$. $s$ grows only linearly, so
 large logits cannot push probabilities to exactly 1 (softmax collapse).
 """
 
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Int
 
@@ -53,6 +54,11 @@ def stablemax_cross_entropy(logits: ArrayLike, labels: Int[ArrayLike, "..."], ax
     `log_stablemax`. Reference: "Grokking at the Edge of Numerical Stability".
     Compare `optax.softmax_cross_entropy_with_integer_labels`.
     """
-    lp = jnp.moveaxis(log_stablemax(logits, axis), axis, -1)
+    ls = jnp.moveaxis(_log_s(jnp.asarray(logits)), axis, -1)
     labels = jnp.asarray(labels)
-    return -jnp.take_along_axis(lp, labels[..., None], axis=-1)[..., 0]
+    ly = jnp.take_along_axis(ls, labels[..., None], axis=-1)
+    # -log p_y = log(1 + sum_{j != y} s_j / s_y) = softplus(logsumexp_{j != y}(ls_j - ls_y)):
+    # exact also when p_y -> 1, where log s_y - log sum s would cancel.
+    is_y = jnp.arange(ls.shape[-1]) == labels[..., None]
+    others = jnp.where(is_y, -jnp.inf, ls - ly)
+    return jax.nn.softplus(jax.nn.logsumexp(others, axis=-1))

@@ -110,6 +110,12 @@ def log_kv_mp(v, x, dv=False):
     """log K_v(x) (and d/dv) from the cosh integral."""
     v = mp.mpf(v)
     x = mp.mpf(x)
+    if x <= 1000 and v <= 1000:
+        # mpmath raises its working precision to absorb the I_{-v} - I_v cancellation
+        val = mp.log(mp.besselk(v, x, maxterms=10**6))
+        if not dv:
+            return val
+        return val, mp.diff(lambda vv: mp.log(mp.besselk(vv, x, maxterms=10**6)), v)
 
     def logf(t):
         vt = v * t
