@@ -37,7 +37,7 @@ class CGOut(NamedTuple):
 
 def deflated_cg_loop(
     matvec, precond, b, x0, has_x0, *, rtol, atol, max_steps, W=None, AW=None,
-    harvest: int = 0, ritz: int = 0, matvecs0=0,
+    harvest: int = 0, ritz: int = 0, matvecs0=0, harvest_windows: int | None = None,
 ) -> CGOut:
     """PCG with deflation (Saad, Yeung, Erhel and Guyomarc'h 2000, Algorithm 3.6).
 
@@ -95,8 +95,9 @@ def deflated_cg_loop(
     def cg_step(c):
         x, r, z, p, rz, mv, it, restarts, conv, broke, checked, V, T, w, ab = c
         if harvest:
+            active = ab[2] < max_windows  # harvesting stops after `harvest_windows`
             v = z / jnp.sqrt(jnp.where(rz > 0, rz, 1.0))
-            V = V.at[w].set(jnp.where(rz > 0, v, 0.0))
+            V = V.at[w].set(jnp.where(active, jnp.where(rz > 0, v, 0.0), V[w]))
         q = matvec(p)
         pq = jnp.vdot(p, q)
         bad = ~(pq > 0) | ~jnp.isfinite(rz)  # not SPD, or NaN
@@ -126,17 +127,17 @@ def deflated_cg_loop(
         p = deflate_direction(z) + beta * p
         restarts = restarts + (checked & ~conv)
         if harvest:
-            a_prev, b_prev = ab
+            a_prev, b_prev, windows = ab
             safe_alpha = jnp.where(alpha > 0, alpha, 1.0)
             diag = 1.0 / safe_alpha + jnp.where(a_prev > 0, b_prev / jnp.where(a_prev > 0, a_prev, 1.0), 0.0)
             off = -jnp.sqrt(jnp.maximum(beta, 0.0)) / safe_alpha
-            T = T.at[w, w].set(jnp.where(alpha > 0, diag, 0.0))
+            T = T.at[w, w].set(jnp.where(active, jnp.where(alpha > 0, diag, 0.0), T[w, w]))
             nxt = jnp.minimum(w + 1, mb - 1)
-            link = (w + 1 < mb) & (alpha > 0)
+            link = (w + 1 < mb) & (alpha > 0) & active
             T = T.at[w, nxt].set(jnp.where(link, off, T[w, nxt]))
             T = T.at[nxt, w].set(jnp.where(link, off, T[nxt, w]))
-            ab = (alpha, beta)
-            w = w + 1
+            ab = (alpha, beta, windows)
+            w = w + active.astype(w.dtype)
             pending = off
         else:
             pending = jnp.zeros((), dtype)
@@ -180,14 +181,17 @@ def deflated_cg_loop(
             Tr = Tr.at[: 2 * nev, 2 * nev].set(coupling).at[2 * nev, : 2 * nev].set(coupling)
             return Vn, Tr, jnp.array(2 * nev, jnp.int32)
 
-        V, T, w = lax.cond(w >= mb, restart, lambda V, T: (V, T, w), V, T)
+        full = w >= mb
+        V, T, w = lax.cond(full, restart, lambda V, T: (V, T, w), V, T)
+        ab = (ab[0], ab[1], ab[2] + full.astype(jnp.int32))
         return x, r, z, p, rz, mv, it, restarts, conv, broke, checked, V, T, w, ab
 
     harvest_nev = max(1, min(ritz, (mb - 1) // 2)) if harvest else 0
     zero = jnp.array(0, jnp.int32)
     fzero = jnp.zeros((), dtype)
     conv0 = jnp.linalg.norm(r) <= tol
-    init = (x, r, z, p, rz, mv, zero, zero, conv0, ~ok_input, jnp.array(True), V, T, zero, (fzero, fzero))
+    max_windows = jnp.iinfo(jnp.int32).max if harvest_windows is None else harvest_windows
+    init = (x, r, z, p, rz, mv, zero, zero, conv0, ~ok_input, jnp.array(True), V, T, zero, (fzero, fzero, zero))
     c = lax.while_loop(running, window, init)
     x, r, z, p, rz, mv, it, restarts, conv, broke, checked, V, T, w, ab = c
     # The reported residual is always the true one (computed, and counted, if the
@@ -271,7 +275,8 @@ class CG(lx.AbstractLinearSolver):
 
 
 def run_cg(
-    solver, operator, vector, options, name, W=None, AW=None, harvest=0, ritz=0, mv0=0
+    solver, operator, vector, options, name, W=None, AW=None, harvest=0, ritz=0, mv0=0,
+    harvest_windows=None,
 ):
     flat = check_square(operator, name)
     preconditioner = get_preconditioner(operator, options, name)
@@ -300,6 +305,7 @@ def run_cg(
         harvest=harvest,
         ritz=ritz,
         matvecs0=mv0,
+        harvest_windows=harvest_windows,
     )
     result = final_result(loop.converged, loop.ok_input, jnp.array(False), ~loop.broke)
     stats = {
