@@ -31,8 +31,15 @@ def test_derivatives_against_mpmath():
     gi = jax.vmap(jax.grad(log_iv, argnums=(0, 1)))(v, x)
     gk = jax.vmap(jax.grad(log_kv, argnums=(0, 1)))(v, x)
     for got, ref, tol in ((gi[1], t["div_dx"], 1e-13), (gi[0], t["div_dv"], 1e-12), (gk[1], t["dkv_dx"], 1e-13), (gk[0], t["dkv_dv"], 1e-12)):
-        err = np.abs(np.asarray(got) - ref) / np.maximum(1, np.abs(ref))
-        assert err.max() <= tol, (err.max(), t["v"][err.argmax()], t["x"][err.argmax()])
+        got = np.asarray(got)
+        assert np.all(np.isfinite(got))
+        # the table's d/dv log I is NaN at a few v < 1/2, x > 1000 points (the
+        # Poisson integral's endpoint singularity); those are skipped
+        ok = np.isfinite(ref)
+        assert ok.mean() > 0.95
+        got, ref = got[ok], ref[ok]
+        err = np.abs(got - ref) / np.maximum(1, np.abs(ref))
+        assert err.max() <= tol, (err.max(), t["v"][ok][err.argmax()], t["x"][ok][err.argmax()])
 
 
 def test_order_derivative_nonzero_and_right():
