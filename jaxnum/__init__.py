@@ -1,12 +1,15 @@
 """jaxnum: differentiable scientific computing on JAX.
 
 Families (see `ARCHITECTURE.md`): `jaxnum.linalg` (Krylov solvers with subspace
-recycling), with `jaxnum.special` and `jaxnum.kernels` below it.
+recycling), `jaxnum.special` (log-space special functions with custom derivatives)
+and `jaxnum.kernels` (Pallas kernels with plain-JAX references).
 """
 
 from importlib.metadata import PackageNotFoundError, version as _version
 
+from . import kernels as kernels
 from . import linalg as linalg
+from . import special as special
 
 
 try:
