@@ -167,11 +167,6 @@ def time_sequence(fn, params):
     return out, clock
 
 
-def jax_single(solve):
-    """A jitted single solve `solve(p) -> x`, timed per system over a subset."""
-    return jax.jit(solve)
-
-
 def run_case(name, args):
     N = args.systems
     P = min(args.peer_systems, N)

@@ -174,7 +174,7 @@ class DeflatedCG(lx.AbstractLinearSolver):
         return x, result, stats
 
     def transpose(self, state, options):
-        return state.transpose(), transpose_options(state, options, keep_recycle=True)
+        return state.transpose(), transpose_options(options, keep_recycle=True)
 
     def conj(self, state, options):
         return lx.conj(state), conj_options(options)

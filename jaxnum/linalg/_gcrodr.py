@@ -231,7 +231,7 @@ class GCRODR(lx.AbstractLinearSolver):
 
     def transpose(self, state, options):
         keep = lx.is_symmetric(state)
-        return state.transpose(), transpose_options(state, options, keep_recycle=keep)
+        return state.transpose(), transpose_options(options, keep_recycle=keep)
 
     def conj(self, state, options):
         return lx.conj(state), conj_options(options)

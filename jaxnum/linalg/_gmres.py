@@ -18,7 +18,7 @@ from ._misc import (
 from ._restarted import restarted_krylov
 
 
-def transpose_options(operator, options: dict[str, Any], keep_recycle: bool) -> dict:
+def transpose_options(options: dict[str, Any], keep_recycle: bool) -> dict:
     """Options for the transposed solve: transpose the preconditioner, drop `y0`
     (it belongs to another right-hand side), keep the recycle space only when asked
     (it is only useful for symmetric operators)."""
@@ -115,7 +115,7 @@ class GMRES(lx.AbstractLinearSolver):
         return flat.unravel(loop.x), result, krylov_stats(loop)
 
     def transpose(self, state, options):
-        return state.transpose(), transpose_options(state, options, keep_recycle=False)
+        return state.transpose(), transpose_options(options, keep_recycle=False)
 
     def conj(self, state, options):
         return lx.conj(state), conj_options(options)

@@ -153,33 +153,14 @@ def check_tolerances(name: str, rtol, atol):
             raise ValueError(f"{name}: `{label}` must be non-negative, got {value}.")
 
 
-def solve_upper(R: Array, B: Array) -> Array:
-    """Back substitution `R^{-1} B` for a small upper-triangular `R` (`B`: vector or
-    matrix).
-
-    XLA:CPU's `triangular_solve` costs milliseconds even for 60 x 60 systems (about
-    100x a matmul of the same size), and these solves sit inside every restart
-    cycle, so we substitute row by row with vector operations instead.
-    """
-    k = R.shape[0]
-    vec = B.ndim == 1
-    B = B[:, None] if vec else B
-
-    def body(t, X):
-        i = k - 1 - t
-        xi = (B[i] - R[i] @ X) / R[i, i]
-        return X.at[i].set(xi)
-
-    X = jax.lax.fori_loop(0, k, body, jnp.zeros_like(B))
-    return X[:, 0] if vec else X
-
-
 def upper_inverse(R: Array) -> Array:
     """Inverse of a small upper-triangular matrix without a triangular solve.
 
     With `R = D (I + N)`, `N` strictly upper triangular (nilpotent),
-    `(I + N)^{-1} = (I - N)(I + N^2)(I + N^4)...`: `2 log2(k)` small matmuls instead of
-    `k` sequential substitution steps (see `solve_upper` for why).
+    `(I + N)^{-1} = (I - N)(I + N^2)(I + N^4)...`: `2 log2(k)` small matmuls. XLA:CPU's
+    `triangular_solve` costs milliseconds even for 60 x 60 systems (about 100x a
+    matmul of the same size), and a row-by-row substitution is `k` sequential steps;
+    these inverses sit inside every restart cycle.
     """
     k = R.shape[0]
     d = jnp.diagonal(R)

@@ -28,6 +28,18 @@ def _shift(u: Array, axis: int, offset: int, periodic: bool) -> Array:
     return jnp.pad(u, pad)[tuple(index)]
 
 
+def normalize_periodic(periodic: bool | Sequence[bool], ndim: int) -> tuple[bool, ...]:
+    """One bool per grid axis (a single bool applies to all), checked."""
+    if isinstance(periodic, bool):
+        return (periodic,) * ndim
+    periodic = tuple(bool(p) for p in periodic)
+    if len(periodic) != ndim:
+        raise ValueError(
+            f"`periodic` has {len(periodic)} entries but the grid has {ndim} axes."
+        )
+    return periodic
+
+
 def stencil_apply(
     weights: Inexact[Array, "s *grid"], u: Inexact[Array, "*grid"], periodic
 ) -> Array:
@@ -89,15 +101,8 @@ class StencilOperator(lx.AbstractLinearOperator):
                 f"d-dimensional grid (5 entries in 2D, 7 in 3D); got shape "
                 f"{weights.shape}."
             )
-        if isinstance(periodic, bool):
-            periodic = (periodic,) * ndim
-        periodic = tuple(bool(p) for p in periodic)
-        if len(periodic) != ndim:
-            raise ValueError(
-                f"`periodic` has {len(periodic)} entries but the grid has {ndim} axes."
-            )
         self.weights = weights
-        self.periodic = periodic
+        self.periodic = normalize_periodic(periodic, ndim)
         self.tags = _frozenset(tags)
 
     @property

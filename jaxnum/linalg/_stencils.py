@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import lineax as lx
 from jaxtyping import Array, Float
 
-from ._operators import _shift, StencilOperator
+from ._operators import _shift, normalize_periodic, StencilOperator
 
 
 def _spacing(shape, periodic, spacing):
@@ -23,15 +23,6 @@ def _spacing(shape, periodic, spacing):
     if len(h) != len(shape):
         raise ValueError(f"`spacing` has {len(h)} entries but the grid has {len(shape)} axes.")
     return h
-
-
-def _periodic(periodic, ndim):
-    if isinstance(periodic, bool):
-        return (periodic,) * ndim
-    periodic = tuple(bool(p) for p in periodic)
-    if len(periodic) != ndim:
-        raise ValueError(f"`periodic` has {len(periodic)} entries for a {ndim}D grid.")
-    return periodic
 
 
 def _check_field(a, name):
@@ -48,15 +39,15 @@ def _diffusion_weights(a, periodic, h):
     ndim = a.ndim
     weights = [jnp.zeros_like(a)]
     for ax in range(ndim):
-        nb_plus = _shift(a, ax, +1, periodic[ax])
-        nb_minus = _shift(a, ax, -1, periodic[ax])
-        # Harmonic mean on interior faces; a boundary face (next to a Dirichlet node)
-        # takes the cell's own coefficient.
-        face_plus = jnp.where(nb_plus > 0, 2 * a * nb_plus / (a + nb_plus + (nb_plus == 0)), a)
-        face_minus = jnp.where(nb_minus > 0, 2 * a * nb_minus / (a + nb_minus + (nb_minus == 0)), a)
-        if periodic[ax]:
-            face_plus = 2 * a * nb_plus / (a + nb_plus)
-            face_minus = 2 * a * nb_minus / (a + nb_minus)
+        def face(offset):
+            nb = _shift(a, ax, offset, periodic[ax])
+            if periodic[ax]:
+                return 2 * a * nb / (a + nb)
+            # Harmonic mean on interior faces; a boundary face (next to a Dirichlet
+            # node, where the shift gives 0) takes the cell's own coefficient.
+            return jnp.where(nb > 0, 2 * a * nb / (a + nb + (nb == 0)), a)
+
+        face_plus, face_minus = face(+1), face(-1)
         weights[0] = weights[0] + (face_plus + face_minus) / h[ax] ** 2
         weights.append(-face_minus / h[ax] ** 2)
         weights.append(-face_plus / h[ax] ** 2)
@@ -79,7 +70,7 @@ def diffusion_operator(
     coefficients. Differentiable with respect to `a`.
     """
     a = _check_field(a, "a")
-    periodic = _periodic(periodic, a.ndim)
+    periodic = normalize_periodic(periodic, a.ndim)
     h = _spacing(a.shape, periodic, spacing)
     weights = jnp.stack(_diffusion_weights(a, periodic, h))
     return StencilOperator(weights, periodic, lx.positive_semidefinite_tag)
@@ -112,7 +103,7 @@ def convection_diffusion_operator(
         )
     if scheme not in ("upwind", "central"):
         raise ValueError(f"`scheme` must be 'upwind' or 'central', got {scheme!r}.")
-    periodic = _periodic(periodic, a.ndim)
+    periodic = normalize_periodic(periodic, a.ndim)
     h = _spacing(a.shape, periodic, spacing)
     weights = _diffusion_weights(a, periodic, h)
     for ax in range(a.ndim):
@@ -154,7 +145,7 @@ def helmholtz_operator(
         a = jnp.ones(tuple(shape), jnp.result_type(float))
     a = _check_field(a, "a")
     k = jnp.broadcast_to(k, a.shape).astype(a.dtype)
-    periodic = _periodic(periodic, a.ndim)
+    periodic = normalize_periodic(periodic, a.ndim)
     h = _spacing(a.shape, periodic, spacing)
     weights = _diffusion_weights(a, periodic, h)
     weights[0] = weights[0] - k**2
