@@ -9,6 +9,11 @@ from ._problem import (
 )
 
 # --- grids, boundaries, finite volumes, random fields, elliptic problems ---
+from ._random_fields import (
+    gaussian_random_field as gaussian_random_field,
+    grf_spectrum as grf_spectrum,
+    matern_field as matern_field,
+)
 
 # --- spectral operators, time stepping, time-dependent problems ---
 
