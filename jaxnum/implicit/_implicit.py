@@ -1,0 +1,90 @@
+"""The implicit-function-theorem rule, as a `custom_jvp` around a computed root."""
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import lineax as lx
+from jaxtyping import Array, PyTree
+
+from ._adjoint import AbstractImplicitAdjoint
+
+
+def structure(tree) -> PyTree[jax.ShapeDtypeStruct]:
+    return jtu.tree_map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), tree)
+
+
+def check_optimality_shape(optimality: Callable, root, params, name: str):
+    """Trace-time check that `optimality(root, params)` has the structure of `root`."""
+    out = jax.eval_shape(optimality, root, params)
+    want = jtu.tree_map(lambda s: (s.shape, s.dtype), structure(root))
+    got = jtu.tree_map(lambda s: (s.shape, jnp.dtype(s.dtype)), out)
+    if jtu.tree_structure(got) != jtu.tree_structure(want) or eqx.tree_equal(
+        jtu.tree_leaves(got), jtu.tree_leaves(want)
+    ) is not True:
+        raise ValueError(
+            f"{name}: the optimality function must return a residual with the same "
+            f"structure, shapes and dtypes as the solution; the solution is {want} but "
+            f"the optimality function returned {got}. For a minimisation, return the "
+            "gradient (e.g. `jax.grad(f)`), not the objective; for a fixed point "
+            "`x = T(x)`, use `custom_fixed_point(T)`."
+        )
+
+
+def linearised_operator(fn: Callable, root, symmetric: bool) -> lx.AbstractLinearOperator:
+    """`A = dF/dy` at `root` as a matrix-free operator (linearised once, so every
+    product costs only the linear part: a Hessian-vector product for gradients)."""
+    _, lin = jax.linearize(fn, root)
+    tags = (lx.symmetric_tag, lx.positive_semidefinite_tag) if symmetric else ()
+    return lx.FunctionLinearOperator(lin, structure(root), tags)
+
+
+def _split(params):
+    return eqx.partition(params, eqx.is_inexact_array)
+
+
+def implicit_root(
+    optimality: Callable,
+    root: PyTree[Array],
+    params: PyTree,
+    *,
+    symmetric: bool,
+    adjoint: AbstractImplicitAdjoint,
+    name: str = "implicit_root",
+) -> PyTree[Array]:
+    """Returns `root`, differentiable with respect to `params` (and to any array the
+    optimality function closes over) through `F(root, params) = 0`.
+
+    `root` itself carries no derivative (the solver that produced it is never
+    differentiated). Closed-over arrays of `optimality` are turned into explicit
+    inputs by `jax.closure_convert`, so they are differentiated, not frozen.
+    """
+    check_optimality_shape(optimality, root, params, name)
+    root = jax.lax.stop_gradient(root)
+    diff, static = _split(params)
+
+    def fn(y, d):
+        return optimality(y, eqx.combine(d, static))
+
+    closed, consts = jax.closure_convert(fn, root, diff)
+    consts = tuple(consts)
+
+    @jax.custom_jvp
+    def identity(root, diff, consts):
+        return root
+
+    @identity.defjvp
+    def identity_jvp(primals, tangents):
+        root, diff, consts = primals
+        _, t_diff, t_consts = tangents
+        # Re-enter the rule so that higher derivatives see `root` depend on the
+        # inputs (the stop-gradient'ed primal alone would make `hessian` wrong).
+        root = identity(root, diff, consts)
+        _, rhs = jax.jvp(lambda d, c: closed(root, d, *c), (diff, consts), (t_diff, t_consts))
+        operator = linearised_operator(lambda y: closed(y, diff, *consts), root, symmetric)
+        t_root = adjoint.apply_inverse(operator, rhs, symmetric)
+        return root, jtu.tree_map(jnp.negative, t_root)
+
+    return identity(root, diff, consts)

@@ -1,0 +1,168 @@
+"""Gradient descent and L-BFGS with a backtracking line search."""
+
+from typing import ClassVar
+
+import equinox as eqx
+import jax.numpy as jnp
+from jax import lax
+from jaxtyping import Array, Float, Int
+
+from ._base import AbstractSolver, check_tolerances
+from ._flat import Flat
+from ._linesearch import armijo
+
+
+class DescentState(eqx.Module):
+    x: Float[Array, " n"]
+    f: Float[Array, ""]
+    g: Float[Array, " n"]
+    alpha: Float[Array, ""]
+    gnorm: Float[Array, ""]
+
+
+class GradientDescent(AbstractSolver):
+    """Gradient descent with a backtracking (Armijo) line search.
+
+    Each iteration starts the search at twice the last accepted step (or at the
+    fixed `learning_rate` if given, which then only shrinks on failure).
+
+    **Arguments:** `rtol`, `atol` (on the gradient norm, see `AbstractSolver`),
+    `max_steps`, `learning_rate` (optional first trial step).
+
+    Compare `scipy.optimize.minimize(method="CG")`'s simpler cousin and
+    `optax.sgd` with a line search.
+    """
+
+    rtol: float
+    atol: float
+    max_steps: int = 10_000
+    learning_rate: float | None = None
+    kinds: ClassVar = ("minimise", "least_squares")
+
+    def __check_init__(self):
+        check_tolerances("GradientDescent", self.rtol, self.atol, self.max_steps)
+
+    def init(self, problem, y, args, options):
+        flat = Flat(problem, y, args)
+        x = flat.ravel(y)
+        f, g = flat.value_and_grad(x)
+        a0 = 1.0 if self.learning_rate is None else self.learning_rate
+        return DescentState(x, f, g, jnp.asarray(a0, x.dtype), jnp.linalg.norm(g))
+
+    def step(self, problem, y, args, state):
+        flat = Flat(problem, y, args)
+        x = flat.ravel(y)
+        trial = 2.0 * state.alpha if self.learning_rate is None else jnp.asarray(self.learning_rate, x.dtype)
+        alpha, x, f, g = armijo(flat.objective, flat.value_and_grad, x, state.f, state.g, -state.g, trial)
+        return flat.unravel(x), DescentState(x, f, g, alpha, jnp.linalg.norm(g))
+
+    def residual_norm(self, state):
+        return state.gnorm
+
+
+class LBFGSState(eqx.Module):
+    x: Float[Array, " n"]
+    f: Float[Array, ""]
+    g: Float[Array, " n"]
+    S: Float[Array, "m n"]
+    Y: Float[Array, "m n"]
+    rho: Float[Array, " m"]
+    head: Int[Array, ""]  # where the next pair goes (circular buffer)
+    count: Int[Array, ""]
+    gamma: Float[Array, ""]
+    gnorm: Float[Array, ""]
+
+
+def two_loop(g, S, Y, rho, head, count, gamma):
+    """The L-BFGS product `H g` (Nocedal 1980), newest pair first."""
+    m = S.shape[0]
+
+    def first(q, j):
+        i = (head - 1 - j) % m
+        use = j < count
+        a = jnp.where(use, rho[i] * jnp.vdot(S[i], q), 0.0)
+        return q - a * Y[i], a
+
+    q, a = lax.scan(first, g, jnp.arange(m))
+    r = gamma * q
+
+    def second(r, j):
+        i = (head - count + j) % m
+        use = j < count
+        b = rho[i] * jnp.vdot(Y[i], r)
+        aj = a[count - 1 - j]
+        return jnp.where(use, r + S[i] * (aj - b), r), None
+
+    r, _ = lax.scan(second, r, jnp.arange(m))
+    return r
+
+
+class LBFGS(AbstractSolver):
+    """Limited-memory BFGS (Liu and Nocedal 1989) with an Armijo line search.
+
+    The first trial step is the quasi-Newton step (length 1); the first iteration
+    scales the gradient to unit length. A pair `(s, y)` is stored only if
+    `s.y > 0` (curvature condition), so the inverse-Hessian model stays SPD.
+
+    **Arguments:**
+
+    - `rtol`, `atol`: stop when `||grad||_2 <= atol + rtol ||grad(y0)||_2`.
+    - `max_steps`: most iterations.
+    - `memory`: number of stored pairs `m`.
+
+    **Derivatives:** through the driver's adjoint (implicit by default).
+
+    Compare `scipy.optimize.minimize(method="L-BFGS-B")`, `jaxopt.LBFGS`,
+    `optimistix.BFGS`.
+    """
+
+    rtol: float
+    atol: float
+    max_steps: int = 10_000
+    memory: int = 10
+    kinds: ClassVar = ("minimise", "least_squares")
+
+    def __check_init__(self):
+        check_tolerances("LBFGS", self.rtol, self.atol, self.max_steps)
+        if self.memory < 1:
+            raise ValueError(f"LBFGS: `memory` must be at least 1, got {self.memory}.")
+
+    def init(self, problem, y, args, options):
+        flat = Flat(problem, y, args)
+        x = flat.ravel(y)
+        f, g = flat.value_and_grad(x)
+        m, n = self.memory, x.size
+        zeros = jnp.zeros((m, n), x.dtype)
+        return LBFGSState(
+            x, f, g, zeros, zeros, jnp.zeros(m, x.dtype), jnp.array(0, jnp.int32),
+            jnp.array(0, jnp.int32), jnp.asarray(1.0, x.dtype), jnp.linalg.norm(g),
+        )
+
+    def step(self, problem, y, args, state):
+        flat = Flat(problem, y, args)
+        x = flat.ravel(y)
+        s_ = state
+        d = -two_loop(s_.g, s_.S, s_.Y, s_.rho, s_.head, s_.count, s_.gamma)
+        # Not a descent direction (rounding, bad curvature): fall back to -g.
+        bad = ~(jnp.vdot(d, s_.g) < 0) | ~jnp.all(jnp.isfinite(d))
+        d = jnp.where(bad, -s_.g, d)
+        fresh = (s_.count == 0) | bad
+        alpha0 = jnp.where(fresh, 1.0 / jnp.maximum(s_.gnorm, 1.0), 1.0).astype(x.dtype)
+        _, x_new, f, g = armijo(flat.objective, flat.value_and_grad, x, s_.f, s_.g, d, alpha0)
+        s = x_new - x
+        yv = g - s_.g
+        sy = jnp.vdot(s, yv)
+        yy = jnp.vdot(yv, yv)
+        keep = (sy > 1e-10 * yy) & jnp.isfinite(sy)
+        h = s_.head
+        S = s_.S.at[h].set(jnp.where(keep, s, s_.S[h]))
+        Y = s_.Y.at[h].set(jnp.where(keep, yv, s_.Y[h]))
+        rho = s_.rho.at[h].set(jnp.where(keep, 1.0 / jnp.where(keep, sy, 1.0), s_.rho[h]))
+        head = jnp.where(keep, (h + 1) % self.memory, h)
+        count = jnp.where(keep, jnp.minimum(s_.count + 1, self.memory), s_.count)
+        gamma = jnp.where(keep, sy / jnp.where(keep, yy, 1.0), s_.gamma)
+        new = LBFGSState(x_new, f, g, S, Y, rho, head, count, gamma, jnp.linalg.norm(g))
+        return flat.unravel(x_new), new
+
+    def residual_norm(self, state):
+        return state.gnorm

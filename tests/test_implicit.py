@@ -1,0 +1,209 @@
+"""jaxnum.implicit: the implicit rule, custom_root/custom_fixed_point, adjoints, errors."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import lineax as lx
+import numpy as np
+import pytest
+
+import jaxnum.implicit as ji
+
+
+def _ridge_data(seed=0, n=40, d=8):
+    rng = np.random.default_rng(seed)
+    return jnp.asarray(rng.standard_normal((n, d))), jnp.asarray(rng.standard_normal(n))
+
+
+def _ridge_closed(X, y, lam):
+    return jnp.linalg.solve(X.T @ X + jnp.diag(lam), X.T @ y)
+
+
+def _ridge_solver(X, y, **kwargs):
+    def objective(w, lam):
+        return 0.5 * jnp.sum((X @ w - y) ** 2) + 0.5 * jnp.sum(lam * w**2)
+
+    @ji.custom_root(jax.grad(objective), symmetric=True, **kwargs)
+    def solve(init, lam):
+        # Any solver: here numpy-free dense algebra, never differentiated.
+        return _ridge_closed(X, y, lam)
+
+    return solve
+
+
+def test_custom_root_ridge_closed_form():
+    X, y = _ridge_data()
+    solve = _ridge_solver(X, y)
+    lam = jnp.linspace(0.5, 3.0, X.shape[1])
+    jac = jax.jacrev(lambda l: solve(None, l))(lam)
+    ref = jax.jacrev(lambda l: _ridge_closed(X, y, l))(lam)
+    np.testing.assert_allclose(jac, ref, rtol=1e-8, atol=1e-11)
+    # Forward mode is native (custom_jvp), and agrees with reverse mode.
+    np.testing.assert_allclose(jax.jacfwd(lambda l: solve(None, l))(lam), ref, rtol=1e-8, atol=1e-11)
+
+
+def test_hessian_of_outer_objective():
+    X, y = _ridge_data(1)
+    solve = _ridge_solver(X, y)
+    lam = jnp.linspace(0.5, 3.0, X.shape[1])
+
+    def outer(solver):
+        return lambda l: jnp.sum(solver(l) ** 2)
+
+    h = jax.hessian(outer(lambda l: solve(None, l)))(lam)
+    ref = jax.hessian(outer(lambda l: _ridge_closed(X, y, l)))(lam)
+    np.testing.assert_allclose(h, ref, rtol=1e-7, atol=1e-11)
+
+
+def test_vmap_and_jit_over_hyperparameters():
+    X, y = _ridge_data(2)
+    solve = _ridge_solver(X, y)
+    lams = jnp.stack([jnp.full(X.shape[1], v) for v in (0.3, 1.0, 4.0)])
+    g = jax.jit(jax.vmap(jax.grad(lambda l: jnp.sum(solve(None, l) ** 2))))(lams)
+    ref = jax.vmap(jax.grad(lambda l: jnp.sum(_ridge_closed(X, y, l) ** 2)))(lams)
+    np.testing.assert_allclose(g, ref, rtol=1e-8, atol=1e-12)
+
+
+def test_closure_over_traced_array_is_differentiated():
+    # JAXopt's known failure: an array captured by the optimality function's
+    # closure is treated as a constant. Here `c` is captured and must count.
+    X, y = _ridge_data(3)
+    lam = jnp.full(X.shape[1], 2.0)
+
+    def outer(c):
+        def optimality(w, lam):
+            return X.T @ (X @ w - c * y) + lam * w
+
+        @ji.custom_root(optimality)
+        def solve(init, lam):
+            return jnp.linalg.solve(X.T @ X + jnp.diag(lam), c * (X.T @ y))
+
+        return jnp.sum(solve(None, lam) ** 2)
+
+    def ref(c):
+        return jnp.sum(jnp.linalg.solve(X.T @ X + jnp.diag(lam), c * (X.T @ y)) ** 2)
+
+    g, r = jax.grad(outer)(1.7), jax.grad(ref)(1.7)
+    assert abs(r) > 1e-3
+    np.testing.assert_allclose(g, r, rtol=1e-8)
+    np.testing.assert_allclose(jax.jvp(outer, (1.7,), (1.0,))[1], r, rtol=1e-8)
+
+
+def _fixed_point_map(x, a):
+    return 0.5 * jnp.tanh(a * x) + 0.3
+
+
+def test_custom_fixed_point_and_approximate_adjoints():
+    def solver(init, a):
+        return ji.fixed_point(_fixed_point_map, ji.FixedPointIteration(rtol=0, atol=1e-14), init, a).value
+
+    x0 = jnp.zeros(3)
+    a = jnp.array([0.5, 1.0, 1.5])
+    exact = None
+    errors = {}
+    for adjoint in (None, ji.Neumann(40), ji.Neumann(2), ji.OneStep(), ji.TruncatedUnroll(40)):
+        wrapped = ji.custom_fixed_point(_fixed_point_map, adjoint=adjoint)(solver)
+        g = jax.grad(lambda a, w=wrapped: jnp.sum(w(x0, a)))(a)
+        if adjoint is None:
+            exact = g
+            # Analytic: x = T(x, a) -> dx/da = T_a / (1 - T_x), componentwise.
+            x = solver(x0, a)
+            sech2 = 1 - jnp.tanh(a * x) ** 2
+            ref = 0.5 * sech2 * x / (1 - 0.5 * sech2 * a)
+            np.testing.assert_allclose(g, ref, rtol=1e-9)
+        else:
+            errors[repr(adjoint)] = float(jnp.max(jnp.abs(g - exact)))
+    # Long Neumann series and truncated unrolls converge; short ones are biased.
+    assert errors[repr(ji.Neumann(40))] < 1e-10
+    assert errors[repr(ji.TruncatedUnroll(40))] < 1e-10
+    assert errors[repr(ji.Neumann(2))] > 1e-4
+    assert errors[repr(ji.OneStep())] > errors[repr(ji.Neumann(2))]
+
+
+def test_optimality_shape_mismatch_is_a_clear_error():
+    X, y = _ridge_data()
+
+    def objective(w, lam):
+        return 0.5 * jnp.sum((X @ w - y) ** 2) + 0.5 * lam * jnp.sum(w**2)
+
+    @ji.custom_root(objective)  # the objective, not its gradient: wrong
+    def solve(init, lam):
+        return jnp.zeros(X.shape[1])
+
+    with pytest.raises(ValueError, match="return the gradient"):
+        jax.grad(lambda l: jnp.sum(solve(None, l)))(1.0)
+    with pytest.raises(ValueError, match="scalar objective"):
+        ji.minimise(lambda w, a: w, ji.LBFGS(rtol=0, atol=1e-8), jnp.zeros(3), None)
+    with pytest.raises(ValueError, match="root_find"):
+        ji.root_find(lambda w, a: jnp.sum(w), ji.Bisection(rtol=0, atol=1e-8), jnp.zeros(3), None)
+    with pytest.raises(ValueError, match="does not solve"):
+        ji.minimise(lambda w, a: jnp.sum(w**2), ji.Anderson(rtol=0, atol=1e-8), jnp.zeros(3), None)
+
+
+def test_gradient_wrt_integer_argument_is_refused():
+    X, y = _ridge_data()
+
+    def inner(w, k):
+        return 0.5 * jnp.sum((X @ w - y) ** 2) + 0.5 * k * jnp.sum(w**2)
+
+    def loss(k):
+        return ji.minimise(inner, ji.LBFGS(rtol=0, atol=1e-10), jnp.zeros(X.shape[1]), k).value.sum()
+
+    with pytest.raises(TypeError):
+        jax.grad(loss)(3)
+    # Integer arguments themselves are fine (treated as non-differentiable).
+    assert jnp.isfinite(jax.jit(loss)(3))
+
+
+def test_failed_adjoint_solve_raises_not_wrong_gradient():
+    X, y = _ridge_data()
+    adjoint = ji.ImplicitAdjoint(tol=1e-14, max_steps=2)
+    solve = _ridge_solver(X, y, adjoint=adjoint)
+    lam = jnp.full(X.shape[1], 1e-3)
+    with pytest.raises(Exception, match="maximum number"):
+        jax.block_until_ready(jax.grad(lambda l: jnp.sum(solve(None, l) ** 2))(lam))
+    # The explicit adjoint solve reports it instead when asked not to throw.
+    objective = lambda w, l: 0.5 * jnp.sum((X @ w - y) ** 2) + 0.5 * jnp.sum(l * w**2)
+    w = _ridge_closed(X, y, lam)
+    _, _, _, stats = ji.hypergradient(
+        lambda w, l: jnp.sum(w**2), jax.grad(objective), w, lam, symmetric=True,
+        adjoint=adjoint, throw=False,
+    )
+    assert stats["result"] != lx.RESULTS.successful
+
+
+def test_nonconvergence_result_and_throw():
+    def f(y, a):
+        return jnp.sum((y - a) ** 4)
+
+    sol = ji.minimise(f, ji.GradientDescent(rtol=0, atol=1e-14, max_steps=3), jnp.zeros(2), 0.7, throw=False)
+    assert sol.result == ji.RESULTS.nonlinear_max_steps_reached
+    assert int(sol.stats["num_steps"]) == 3
+    with pytest.raises(Exception, match="max_steps"):
+        jax.block_until_ready(
+            ji.minimise(f, ji.GradientDescent(rtol=0, atol=1e-14, max_steps=3), jnp.zeros(2), 0.7).value
+        )
+
+
+def test_bad_hyperparameters_rejected():
+    with pytest.raises(ValueError, match="rtol"):
+        ji.LBFGS(rtol=-1.0, atol=0.0)
+    with pytest.raises(ValueError, match="k"):
+        ji.TruncatedUnroll(0)
+    with pytest.raises(TypeError, match="TruncatedUnroll"):
+        ji.custom_root(lambda x: x, adjoint=ji.TruncatedUnroll(3))
+    with pytest.raises(TypeError, match="adjoint"):
+        ji.minimise(lambda y, a: jnp.sum(y**2), ji.LBFGS(rtol=0, atol=1e-8), jnp.zeros(2), None, adjoint="implicit")
+
+
+def test_solution_is_a_pytree_under_jit():
+    @eqx.filter_jit
+    def run(a):
+        return ji.root_find(lambda y, a: y**3 - a, ji.Bisection(rtol=1e-14, atol=0), jnp.array(1.0), a,
+                            options={"lower": 0.0, "upper": 3.0})
+
+    sol = run(2.0)
+    assert isinstance(sol, ji.Solution)
+    np.testing.assert_allclose(sol.value, 2.0 ** (1 / 3), rtol=1e-13)
+    g = jax.grad(lambda a: run(a).value)(2.0)
+    np.testing.assert_allclose(g, (1 / 3) * 2.0 ** (-2 / 3), rtol=1e-10)
