@@ -18,3 +18,8 @@ from ._random_fields import (
 # --- spectral operators, time stepping, time-dependent problems ---
 
 # --- catalogue ---
+from ._catalogue import (
+    problem_class as problem_class,
+    problem_from_name as problem_from_name,
+    problem_names as problem_names,
+)
