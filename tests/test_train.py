@@ -459,19 +459,42 @@ def test_bad_inputs_are_reported_before_training(tmp_path):
         jt.HDF5Dataset(zero)
 
 
-def test_hdf5_training_equals_in_memory(tmp_path):
-    rng = np.random.default_rng(11)
-    x, y = _pairs(rng, 24, 16)
-    path = tmp_path / "train.h5"
+def _write_jaxnum_file(path, x, y, scalars, complete=True):
+    """A file in the `jaxnum.data` layout (docs/data.md)."""
     with h5py.File(path, "w") as f:
-        f["inputs"], f["outputs"] = x, y
+        f["inputs"], f["outputs"], f["scalars"] = x, y, scalars
+        f["params/log_a"] = x[:, 0]
+        f.attrs["complete"] = complete
+        f.attrs["num_samples"] = len(x)
+        f.attrs["config"] = "{}"
+
+
+def test_hdf5_training_equals_in_memory(tmp_path):
+    from jaxnum.data import DataLoader
+
+    rng = np.random.default_rng(11)
+    x, y = _pairs(rng, 30, 16)
+    path = tmp_path / "train.h5"
+    _write_jaxnum_file(path, x, y, np.zeros((30, 0)))
+    train = np.sort(rng.choice(30, 24, replace=False))
     trainer = jt.Trainer(optax.adam(1e-2), epochs=2, batch_size=8)
     model = ConvNet(1, 1, jr.PRNGKey(8))
-    a, ha = trainer.fit(model, (x, y), key=jr.PRNGKey(9), progress=False)
-    with jt.HDF5Dataset(path) as ds:
-        b, hb = trainer.fit(model, ds, key=jr.PRNGKey(9), progress=False)
-    assert _same(a, b)
-    assert [h["train_loss"] for h in ha] == [h["train_loss"] for h in hb]
+    a, ha = trainer.fit(model, (x[train], y[train]), key=jr.PRNGKey(9), eval_data={"all": (x, y)}, progress=False)
+    # The same split given as indices, and as a `jaxnum.data.DataLoader`.
+    with jt.HDF5Dataset(path, indices=train) as ds:
+        assert ds.params is None  # `scalars` is empty: nothing to condition on
+        b, hb = trainer.fit(model, ds, key=jr.PRNGKey(9), eval_data={"all": str(path)}, progress=False)
+    c, hc = trainer.fit(model, DataLoader(str(path), 8, indices=train), key=jr.PRNGKey(9), progress=False)
+    assert _same(a, b) and _same(a, c)
+    assert [h["train_loss"] for h in ha] == [h["train_loss"] for h in hb] == [h["train_loss"] for h in hc]
+    np.testing.assert_allclose(ha[-1]["eval"]["all"]["rel_l2"], hb[-1]["eval"]["all"]["rel_l2"], rtol=1e-13)
+    # Scalar parameters are read from `scalars`; an unfinished file is refused.
+    _write_jaxnum_file(tmp_path / "p.h5", x, y, rng.standard_normal((30, 2)))
+    with jt.HDF5Dataset(tmp_path / "p.h5", indices=[3, 1]) as ds:
+        np.testing.assert_array_equal(ds.params[np.array([0, 1])], np.asarray(h5py.File(tmp_path / "p.h5")["scalars"])[[3, 1]])
+    _write_jaxnum_file(tmp_path / "part.h5", x, y, np.zeros((30, 0)), complete=False)
+    with pytest.raises(ValueError, match="unfinished"):
+        jt.HDF5Dataset(tmp_path / "part.h5")
 
 
 def test_autoregressive_training_with_curriculum_learns_the_heat_step():

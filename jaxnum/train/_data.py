@@ -37,17 +37,38 @@ class ArrayDataset:
         return int(self.inputs.shape[0])
 
 
+class _Rows:
+    """Rows `indices` of an array-like (a train/test split of a file): itself
+    array-like, reading sorted file rows so h5py accepts them."""
+
+    def __init__(self, array, indices):
+        self.array, self.indices = array, indices
+        self.shape = (len(indices),) + tuple(array.shape[1:])
+        self.dtype = array.dtype
+
+    def __getitem__(self, idx):
+        if isinstance(idx, slice):
+            idx = np.arange(*idx.indices(self.shape[0]))
+        unique, inverse = np.unique(self.indices[np.asarray(idx)], return_inverse=True)
+        return np.asarray(self.array[unique])[inverse]
+
+
 class HDF5Dataset:
-    """A `jaxnum.data` HDF5 file opened read-only: datasets `inputs`, `outputs` and,
-    when present, `params`. Batches are read from disk on demand.
+    """A `jaxnum.data` HDF5 file (see `docs/data.md`) opened read-only. Batches are
+    read from disk on demand.
+
+    The model's inputs and targets are the datasets `inputs` and `outputs`; the
+    scalar PDE parameters (for `use_params=True`) are `scalars` (`jaxnum.data`'s name)
+    or `params`, when the file has them and they are not empty.
 
     **Arguments:**
 
     - `path`: the `.h5` file (as written by `jaxnum generate`).
-    - `params`: read the `params` dataset (default: when the file has one).
+    - `indices`: use only these samples (a train/test split), default all.
+    - `params`: read the scalar parameters (default: when the file has them).
     """
 
-    def __init__(self, path: str | os.PathLike, *, params: bool | None = None):
+    def __init__(self, path: str | os.PathLike, *, indices=None, params: bool | None = None):
         import h5py
 
         path = os.fspath(path)
@@ -62,24 +83,46 @@ class HDF5Dataset:
                 f"Could not open {path!r} as an HDF5 file ({e}); the file is corrupt or not "
                 "HDF5: delete it and generate it again with `jaxnum generate`."
             ) from None
-        missing = [name for name in ("inputs", "outputs") if name not in self.file]
-        if missing:
+        try:
+            self._open(path, indices, params)
+        except BaseException:
             self.file.close()
+            raise
+
+    def _open(self, path, indices, params):
+        import h5py
+
+        f = self.file
+        if "complete" in f.attrs and not bool(f.attrs["complete"]):
+            raise ValueError(
+                f"{path!r} is an unfinished `jaxnum generate` run; run the same command again "
+                "to complete it."
+            )
+        missing = [name for name in ("inputs", "outputs") if not isinstance(f.get(name), h5py.Dataset)]
+        if missing:
             raise ValueError(
                 f"{path!r} has no dataset(s) {missing}; a training file needs `inputs` "
                 "(N, c_in, *grid) and `outputs` (N, c_out, [T,] *grid) as written by `jaxnum generate`."
             )
         self.path = path
-        self.inputs = self.file["inputs"]
-        self.outputs = self.file["outputs"]
-        want = "params" in self.file if params is None else params
-        self.params = self.file["params"] if want else None
-        self.attrs = dict(self.file.attrs)
-        try:
-            _validate(self, path)
-        except ValueError:
-            self.file.close()
-            raise
+        self.attrs = dict(f.attrs)
+        scalars = None
+        for name in ("scalars", "params"):
+            obj = f.get(name)
+            if isinstance(obj, h5py.Dataset) and obj.ndim == 2 and obj.shape[1] > 0:
+                scalars = obj
+                break
+        if params and scalars is None:
+            raise ValueError(f"{path!r} has no scalar parameters (`scalars` (N, p) with p > 0).")
+        arrays = [f["inputs"], f["outputs"], scalars if params is not False else None]
+        if indices is not None:
+            n = f["inputs"].shape[0]
+            indices = np.asarray(indices, np.int64).reshape(-1)
+            if indices.size and (indices.min() < 0 or indices.max() >= n):
+                raise ValueError(f"`indices` must lie in [0, {n}) for {path!r}.")
+            arrays = [None if a is None else _Rows(a, indices) for a in arrays]
+        self.inputs, self.outputs, self.params = arrays
+        _validate(self, path)
 
     def __len__(self):
         return int(self.inputs.shape[0])
@@ -118,6 +161,10 @@ def as_dataset(data: Any, name: str = "data"):
     `(inputs, outputs[, params])` of arrays."""
     if isinstance(data, (str, os.PathLike)):
         return HDF5Dataset(data)
+    if type(data).__name__ == "DataLoader" and hasattr(data, "path") and hasattr(data, "indices"):
+        # A `jaxnum.data.DataLoader`: the same file and split, read by the trainer's
+        # own resumable shuffle.
+        return HDF5Dataset(data.path, indices=data.indices)
     if isinstance(data, tuple):
         if len(data) not in (2, 3):
             raise ValueError(f"`{name}` as a tuple must be (inputs, outputs) or (inputs, outputs, params).")
@@ -127,7 +174,8 @@ def as_dataset(data: Any, name: str = "data"):
         return data
     raise TypeError(
         f"`{name}` must be a dataset with `inputs`/`outputs` arrays, a path to a "
-        f"`jaxnum.data` HDF5 file, or a tuple (inputs, outputs[, params]); got {type(data).__name__}."
+        "`jaxnum.data` HDF5 file, a `jaxnum.data.DataLoader`, "
+        f"or a tuple (inputs, outputs[, params]); got {type(data).__name__}."
     )
 
 
@@ -141,12 +189,11 @@ def epoch_permutation(key, epoch: int, n: int) -> np.ndarray:
 
 
 def read_batch(data, idx: np.ndarray) -> dict[str, np.ndarray]:
-    """Samples `idx` (sorted first: h5py reads increasing indices only)."""
-    idx = np.sort(np.asarray(idx))
-    out = {"inputs": np.asarray(data.inputs[idx]), "outputs": np.asarray(data.outputs[idx])}
-    if getattr(data, "params", None) is not None:
-        out["params"] = np.asarray(data.params[idx])
-    return out
+    """Samples `idx` in increasing order (h5py reads strictly increasing indices
+    only: repeated samples are read once)."""
+    unique, inverse = np.unique(np.asarray(idx), return_inverse=True)
+    names = ["inputs", "outputs"] + (["params"] if getattr(data, "params", None) is not None else [])
+    return {name: np.asarray(getattr(data, name)[unique])[inverse] for name in names}
 
 
 def shuffled_batches(
