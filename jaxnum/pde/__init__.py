@@ -16,6 +16,37 @@ from ._random_fields import (
 )
 
 # --- spectral operators, time stepping, time-dependent problems ---
+from ._advection import Advection as Advection
+from ._burgers import Burgers as Burgers
+from ._etd import (
+    ETDRK4 as ETDRK4,
+    CrankNicolsonHeun as CrankNicolsonHeun,
+    SemilinearTerm as SemilinearTerm,
+    etdrk4_coefficients as etdrk4_coefficients,
+)
+from ._kuramoto_sivashinsky import KuramotoSivashinsky as KuramotoSivashinsky
+from ._navier_stokes import (
+    NavierStokes2D as NavierStokes2D,
+    fno_forcing as fno_forcing,
+)
+from ._reaction_diffusion import (
+    FisherKPP as FisherKPP,
+    Heat as Heat,
+    laplacian_operator as laplacian_operator,
+)
+from ._spectral import (
+    dealias_mask as dealias_mask,
+    derivative as derivative,
+    derivative_symbols as derivative_symbols,
+    grid_points as grid_points,
+    inverse_laplacian_symbol as inverse_laplacian_symbol,
+    laplacian as laplacian,
+    laplacian_symbol as laplacian_symbol,
+    poisson_solve as poisson_solve,
+    rfft_shape as rfft_shape,
+    velocity_from_vorticity as velocity_from_vorticity,
+    wavenumbers as wavenumbers,
+)
 
 # --- catalogue ---
 from ._catalogue import (
