@@ -53,7 +53,7 @@ class GradientDescent(AbstractSolver):
         flat = Flat(problem, y, args)
         x = flat.ravel(y)
         trial = 2.0 * state.alpha if self.learning_rate is None else jnp.asarray(self.learning_rate, x.dtype)
-        alpha, x, f, g = armijo(flat.objective, flat.value_and_grad, x, state.f, state.g, -state.g, trial)
+        alpha, x, f, g, _ = armijo(flat.objective, flat.value_and_grad, x, state.f, state.g, -state.g, trial)
         return flat.unravel(x), DescentState(x, f, g, alpha, jnp.linalg.norm(g))
 
     def residual_norm(self, state):
@@ -148,7 +148,7 @@ class LBFGS(AbstractSolver):
         d = jnp.where(bad, -s_.g, d)
         fresh = (s_.count == 0) | bad
         alpha0 = jnp.where(fresh, 1.0 / jnp.maximum(s_.gnorm, 1.0), 1.0).astype(x.dtype)
-        _, x_new, f, g = armijo(flat.objective, flat.value_and_grad, x, s_.f, s_.g, d, alpha0)
+        _, x_new, f, g, searched = armijo(flat.objective, flat.value_and_grad, x, s_.f, s_.g, d, alpha0)
         s = x_new - x
         yv = g - s_.g
         sy = jnp.vdot(s, yv)
@@ -160,6 +160,9 @@ class LBFGS(AbstractSolver):
         rho = s_.rho.at[h].set(jnp.where(keep, 1.0 / jnp.where(keep, sy, 1.0), s_.rho[h]))
         head = jnp.where(keep, (h + 1) % self.memory, h)
         count = jnp.where(keep, jnp.minimum(s_.count + 1, self.memory), s_.count)
+        # A failed line search or a pair without curvature (a step lost in rounding
+        # near the optimum) means a stale model: forget it, steepest descent next.
+        count = jnp.where(searched & keep, count, 0)
         gamma = jnp.where(keep, sy / jnp.where(keep, yy, 1.0), s_.gamma)
         new = LBFGSState(x_new, f, g, S, Y, rho, head, count, gamma, jnp.linalg.norm(g))
         return flat.unravel(x_new), new

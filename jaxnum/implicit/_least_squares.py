@@ -80,7 +80,7 @@ class GaussNewton(AbstractSolver):
         p, _ = _normal_solve(flat, x, state.g, eps * jnp.vdot(state.g, state.g) ** 0.5, self.cg_rtol, self.cg_max_steps)
         ok = jnp.all(jnp.isfinite(p)) & (jnp.vdot(p, state.g) < 0)
         p = jnp.where(ok, p, -state.g)
-        _, x, f, g = armijo(flat.objective, flat.value_and_grad, x, state.f, state.g, p, jnp.asarray(1.0, x.dtype))
+        _, x, f, g, _ = armijo(flat.objective, flat.value_and_grad, x, state.f, state.g, p, jnp.asarray(1.0, x.dtype))
         return flat.unravel(x), LSState(x, f, g, jnp.linalg.norm(g), state.damping, state.nu)
 
     def residual_norm(self, state):

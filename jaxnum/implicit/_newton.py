@@ -72,7 +72,7 @@ class NewtonCG(AbstractSolver):
         ok = jnp.all(jnp.isfinite(p)) & (jnp.vdot(p, g) < 0)
         p = jnp.where(ok, p, -g)
         alpha0 = jnp.where(ok, 1.0, 1.0 / jnp.maximum(state.gnorm, 1.0)).astype(x.dtype)
-        _, x, f, g = armijo(flat.objective, flat.value_and_grad, x, state.f, g, p, alpha0)
+        _, x, f, g, _ = armijo(flat.objective, flat.value_and_grad, x, state.f, g, p, alpha0)
         nh = state.num_hvps + sol.stats["num_matvecs"]
         return flat.unravel(x), NewtonState(x, f, g, jnp.linalg.norm(g), nh)
 

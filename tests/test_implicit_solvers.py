@@ -1,0 +1,143 @@
+"""jaxnum.implicit solvers against scipy.optimize on standard test problems."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.optimize as so
+
+import jaxnum.implicit as ji
+
+
+def rosenbrock(x, args=None):
+    return jnp.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
+
+
+def beale(x, args=None):
+    a, b = x[0], x[1]
+    return (1.5 - a + a * b) ** 2 + (2.25 - a + a * b**2) ** 2 + (2.625 - a + a * b**3) ** 2
+
+
+X0_ROSEN = np.array([-1.2, 1.0, -0.5, 0.8])
+
+
+@pytest.mark.parametrize(
+    "solver",
+    [ji.LBFGS(rtol=0, atol=1e-9), ji.NewtonCG(rtol=0, atol=1e-9)],
+    ids=["lbfgs", "newton-cg"],
+)
+@pytest.mark.parametrize("name", ["rosenbrock", "beale"])
+def test_minimisers_match_scipy(solver, name):
+    fn, x0 = {"rosenbrock": (rosenbrock, X0_ROSEN), "beale": (beale, np.array([1.0, 1.0]))}[name]
+    ref = so.minimize(lambda x: float(fn(jnp.asarray(x))), x0, jac=lambda x: np.asarray(jax.grad(fn)(jnp.asarray(x))),
+                      method="BFGS", options={"gtol": 1e-10})
+    sol = ji.minimise(fn, solver, jnp.asarray(x0), None)
+    np.testing.assert_allclose(sol.value, ref.x, atol=1e-6)
+    assert sol.stats["residual"] <= 1e-9
+    assert sol.result == ji.RESULTS.successful
+
+
+def test_gradient_descent_on_convex_quadratic_matches_solve(getkey):
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((6, 6))
+    A = A @ A.T + 6 * np.eye(6)
+    b = rng.standard_normal(6)
+    sol = ji.minimise(lambda x, a: 0.5 * x @ (a[0] @ x) - a[1] @ x, ji.GradientDescent(rtol=0, atol=1e-10),
+                      jnp.zeros(6), (jnp.asarray(A), jnp.asarray(b)))
+    np.testing.assert_allclose(sol.value, np.linalg.solve(A, b), atol=1e-9)
+
+
+def _exp_fit_data():
+    t = np.linspace(0, 2, 30)
+    rng = np.random.default_rng(1)
+    y = 2.0 * np.exp(-1.3 * t) + 0.5 + 0.01 * rng.standard_normal(t.size)
+    return jnp.asarray(t), jnp.asarray(y)
+
+
+def _residuals(p, data):
+    t, y = data
+    return p[0] * jnp.exp(-p[1] * t) + p[2] - y
+
+
+@pytest.mark.parametrize(
+    "solver",
+    [ji.GaussNewton(rtol=0, atol=1e-10), ji.LevenbergMarquardt(rtol=0, atol=1e-10), ji.LBFGS(rtol=0, atol=1e-10)],
+    ids=["gauss-newton", "levenberg-marquardt", "lbfgs"],
+)
+def test_least_squares_match_scipy(solver):
+    data = _exp_fit_data()
+    p0 = np.array([1.0, 1.0, 0.0])
+    ref = so.least_squares(lambda p: np.asarray(_residuals(jnp.asarray(p), data)), p0, xtol=1e-14, ftol=1e-14, gtol=1e-14)
+    sol = ji.least_squares(_residuals, solver, jnp.asarray(p0), data)
+    np.testing.assert_allclose(sol.value, ref.x, rtol=1e-7)
+    # Derivative of the fitted parameters w.r.t. the data: implicit vs FD.
+    t, y = data
+    e = jnp.zeros_like(y).at[5].set(1.0)
+
+    def fit(yy):
+        return ji.least_squares(_residuals, solver, jnp.asarray(p0), (t, yy)).value
+
+    jvp = jax.jvp(fit, (y,), (e,))[1]
+    fd = (fit(y + 1e-6 * e) - fit(y - 1e-6 * e)) / 2e-6
+    np.testing.assert_allclose(jvp, fd, rtol=1e-5, atol=1e-8)
+
+
+def test_fixed_point_solvers_match_scipy():
+    def T(x, a):
+        return jnp.cos(a * x) * 0.9 + 0.1 * jnp.sin(x[::-1])
+
+    a = jnp.array([0.7, 1.0, 1.3, 0.4])
+    ref = so.fixed_point(lambda x: np.asarray(T(jnp.asarray(x), a)), np.zeros(4), xtol=1e-14, maxiter=5000)
+    steps = {}
+    for solver in (ji.FixedPointIteration(rtol=0, atol=1e-12), ji.Anderson(rtol=0, atol=1e-12)):
+        sol = ji.fixed_point(T, solver, jnp.zeros(4), a)
+        np.testing.assert_allclose(sol.value, ref, atol=1e-11)
+        steps[type(solver).__name__] = int(sol.stats["num_steps"])
+    assert steps["Anderson"] < steps["FixedPointIteration"]
+
+
+def test_bisection_matches_brentq_and_bad_bracket():
+    fn = lambda x, a: x**3 - 2 * x - a
+    ref = so.brentq(lambda x: x**3 - 2 * x - 5.0, 2.0, 3.0, xtol=1e-15)
+    sol = ji.root_find(fn, ji.Bisection(rtol=1e-15, atol=0.0), jnp.array(2.5), 5.0,
+                       options={"lower": 2.0, "upper": 3.0})
+    np.testing.assert_allclose(sol.value, ref, rtol=1e-13)
+    bad = ji.root_find(fn, ji.Bisection(rtol=1e-12, atol=0.0), jnp.array(2.5), 5.0,
+                       options={"lower": 3.0, "upper": 4.0}, throw=False)
+    assert bad.result == ji.RESULTS.invalid_bracket
+    with pytest.raises(ValueError, match="bracket"):
+        ji.root_find(fn, ji.Bisection(rtol=1e-12, atol=0.0), jnp.array(2.5), 5.0)
+
+
+def test_root_find_newton_system_via_fixed_point_and_pytree():
+    # A PyTree unknown: a dict of two arrays; Anderson on a contraction.
+    def T(y, args):
+        return {"u": 0.5 * jnp.sin(y["v"]) + args, "v": 0.5 * jnp.cos(y["u"])}
+
+    y0 = {"u": jnp.zeros(2), "v": jnp.zeros(2)}
+    sol = ji.fixed_point(T, ji.Anderson(rtol=0, atol=1e-13), y0, jnp.array([0.1, 0.2]))
+    res = jax.tree_util.tree_map(lambda a, b: a - b, T(sol.value, jnp.array([0.1, 0.2])), sol.value)
+    assert max(float(jnp.max(jnp.abs(r))) for r in jax.tree_util.tree_leaves(res)) < 1e-12
+
+
+def test_projections_against_references():
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal(7) * 2)
+    p = ji.projection_simplex(x)
+    # Reference: the simplex projection as a QP by scipy (SLSQP).
+    ref = so.minimize(lambda z: 0.5 * np.sum((z - np.asarray(x)) ** 2), np.full(7, 1 / 7),
+                      constraints=[{"type": "eq", "fun": lambda z: np.sum(z) - 1}], bounds=[(0, None)] * 7,
+                      method="SLSQP", options={"ftol": 1e-14}).x
+    np.testing.assert_allclose(p, ref, atol=1e-6)
+    assert abs(float(jnp.sum(p)) - 1) < 1e-12
+    np.testing.assert_allclose(ji.prox_l1(x, 0.5), np.sign(x) * np.maximum(np.abs(x) - 0.5, 0))
+    np.testing.assert_allclose(jnp.linalg.norm(ji.projection_l2_ball(x, 0.3)), 0.3)
+    np.testing.assert_allclose(jnp.sum(jnp.abs(ji.projection_l1_ball(x, 0.5))), 0.5)
+    np.testing.assert_allclose(ji.projection_box(x, -0.5, 0.5), np.clip(x, -0.5, 0.5))
+    assert jnp.all(ji.projection_nonnegative(x) >= 0)
+
+
+def test_float32_smoke():
+    sol = ji.minimise(rosenbrock, ji.LBFGS(rtol=0, atol=1e-3), jnp.asarray(X0_ROSEN, jnp.float32), None)
+    assert sol.value.dtype == jnp.float32
+    np.testing.assert_allclose(sol.value, np.ones(4), atol=1e-2)
