@@ -9,6 +9,23 @@ from ._problem import (
 )
 
 # --- grids, boundaries, finite volumes, random fields, elliptic problems ---
+from ._boundary import (
+    AbstractBoundaryCondition as AbstractBoundaryCondition,
+    AbstractWallCondition as AbstractWallCondition,
+    Dirichlet as Dirichlet,
+    Neumann as Neumann,
+    Periodic as Periodic,
+    Robin as Robin,
+)
+from ._elliptic import (
+    AbstractFiniteVolumeProblem as AbstractFiniteVolumeProblem,
+    ConvectionDiffusion as ConvectionDiffusion,
+    Darcy as Darcy,
+    Helmholtz as Helmholtz,
+    Poisson as Poisson,
+)
+from ._fv import finite_volume_operator as finite_volume_operator
+from ._grid import Grid as Grid
 from ._random_fields import (
     gaussian_random_field as gaussian_random_field,
     grf_spectrum as grf_spectrum,
