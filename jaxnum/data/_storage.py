@@ -242,7 +242,8 @@ def assemble(
                             track_times=False,
                         )
                         created.add(name)
-                    f[name][index] = value[sort]
+                    if value.size:  # (h5py cannot select rows of an empty dataset)
+                        f[name][index] = value[sort]
             if not np.all(seen):
                 raise RuntimeError(
                     f"{int(np.sum(~seen))} samples are missing from the partial dataset."
