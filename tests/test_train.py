@@ -572,6 +572,13 @@ _SHARDED = textwrap.dedent(
         assert "multiple of 4" in str(e)
     else:
         raise AssertionError("batch size 6 on 4 devices accepted")
+    # float32 smoke test: float64 files/arrays, a float32 model, on 4 devices.
+    jax.config.update("jax_enable_x64", False)
+    m32 = ConvNet(1, 1, jr.PRNGKey(3))
+    t = jt.Trainer(optax.adam(1e-2), epochs=3, batch_size=8, parallel=jt.DataParallel())
+    out, h = t.fit(m32, (x, y), key=jr.PRNGKey(4), eval_data={{"a": (x[:6], y[:6])}}, progress=False)
+    assert all(l.dtype == jnp.float32 for l in jax.tree_util.tree_leaves(eqx.filter(out, eqx.is_array)))
+    assert np.isfinite(h[-1]["eval"]["a"]["rel_l2"]) and h[-1]["train_loss"] < h[0]["train_loss"]
     print("SHARDED-OK")
     """
 )
@@ -584,3 +591,36 @@ def test_sharded_training_equals_single_device(tmp_path):
     proc = subprocess.run([sys.executable, str(script)], check=False, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "SHARDED-OK" in proc.stdout
+
+
+@pytest.mark.slow
+def test_train_command_writes_a_model_that_loads(tmp_path):
+    import argparse
+
+    pytest.importorskip("jaxnum.nn")
+    from jaxnum.train._cli import add_train_parser, run_train
+
+    rng = np.random.default_rng(14)
+    x, y = _pairs(rng, 40, 32)
+    _write_jaxnum_file(tmp_path / "d.h5", x, y, np.zeros((40, 0)))
+    _write_jaxnum_file(tmp_path / "d64.h5", np.repeat(x[:8], 2, -1), np.repeat(y[:8], 2, -1), np.zeros((8, 0)))
+    parser = argparse.ArgumentParser()
+    add_train_parser(parser.add_subparsers(dest="command"))
+    out = tmp_path / "run"
+    args = parser.parse_args([
+        "train", str(tmp_path / "d.h5"), "--out", str(out), "--eval", f"64={tmp_path / 'd64.h5'}",
+        "--modes", "4", "--width", "8", "--depth", "2", "--epochs", "2", "--batch-size", "8",
+        "--float64", "--no-progress",
+    ])
+    assert run_train(args) == 0
+    history = json.loads((out / "history.json").read_text())
+    assert set(history[-1]["eval"]) == {"test", "64"}
+    model, spec = jt.load_model(out)
+    assert isinstance(model, jt.NormalisedModel) and spec["kwargs"]["modes"] == [4]
+    test = jt.HDF5Dataset(tmp_path / "d.h5", indices=np.arange(36, 40))
+    got = jt.Trainer(optax.adam(1e-3), batch_size=8).evaluate(model, test)["rel_l2"]
+    np.testing.assert_allclose(got, history[-1]["eval"]["test"]["rel_l2"], rtol=1e-10)
+    test.close()
+    # Bad input: a clear message and exit status 2, nothing trained.
+    args = parser.parse_args(["train", str(tmp_path / "missing.h5"), "--out", str(out), "--no-progress", "--float64"])
+    assert run_train(args) == 2

@@ -11,6 +11,8 @@ from ._checkpoint import (
 from ._checkpoint import (
     save_checkpoint as save_checkpoint,
 )
+from ._cli import load_model as load_model
+from ._cli import save_model as save_model
 from ._data import (
     ArrayDataset as ArrayDataset,
 )

@@ -6,12 +6,14 @@ array-like: a `shape` and `__getitem__` with a sorted integer index array, as nu
 arrays and `h5py.Dataset`s both provide. Only the batch being read is in memory.
 """
 
+import functools
 import os
 import queue
 import threading
 from collections.abc import Iterator
 from typing import Any
 
+import jax
 import jax.random as jr
 import numpy as np
 
@@ -183,9 +185,15 @@ def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
     return n // batch_size if drop_last else -(-n // batch_size)
 
 
+@functools.partial(jax.jit, static_argnums=2)
+def _permutation(key, epoch, n):
+    return jr.permutation(jr.fold_in(key, epoch), n)
+
+
 def epoch_permutation(key, epoch: int, n: int) -> np.ndarray:
-    """The order samples are visited in epoch `epoch`: depends only on `(key, epoch)`."""
-    return np.asarray(jr.permutation(jr.fold_in(key, epoch), n))
+    """The order samples are visited in epoch `epoch`: depends only on `(key, epoch)`
+    (`jax.random.permutation(jax.random.fold_in(key, epoch), n)`)."""
+    return np.asarray(_permutation(key, epoch, n))
 
 
 def read_batch(data, idx: np.ndarray) -> dict[str, np.ndarray]:

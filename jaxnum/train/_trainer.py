@@ -48,6 +48,12 @@ def _raw_key(key) -> np.ndarray:
     return key
 
 
+@jax.jit
+def _step_keys(key, steps):
+    """The key of every step: `fold_in(key, global step)` (one dispatch per epoch)."""
+    return jax.vmap(lambda i: jr.fold_in(key, i))(steps)
+
+
 def _progress(epoch: int, epochs: int) -> float:
     return epoch / (epochs - 1) if epochs > 1 else 1.0
 
@@ -335,21 +341,28 @@ class Trainer(eqx.Module):
                 if epoch != start_epoch:
                     loss_sum, loss_count = 0.0, 0
                 step0 = int(state.step)
-                keys = np.asarray(jax.vmap(lambda i: jr.fold_in(step_key, i))(jnp.arange(step0, step0 + nb - first)))
+                keys = np.asarray(_step_keys(step_key, np.arange(step0, step0 + nb - first)))
                 losses = []
-                t0, last_show = time.perf_counter(), 0.0
-                batches = prefetch(shuffled_batches(data, self.batch_size, data_key, epoch, drop_last=self.drop_last, start=first))
+                t0, last_show, pending = time.perf_counter(), 0.0, 0
+                batches = shuffled_batches(data, self.batch_size, data_key, epoch, drop_last=self.drop_last, start=first)
+                if not isinstance(data.inputs, np.ndarray):
+                    # Reads from disk overlap the step; in-memory slicing is cheaper
+                    # than the thread hand-off.
+                    batches = prefetch(batches)
                 for i, batch in enumerate(batches):
                     b = first + i
                     state, value = step_fn(state, normalisers, self._prepare(batch), keys[i], prog_arr)
                     losses.append(value)
                     if bar is not None:
-                        bar.update(1)
+                        pending += 1
                         now = time.perf_counter()
-                        if now - last_show > 0.5:
+                        if now - last_show > 0.2:
                             last_show = now
-                            done = (i + 1) * self.batch_size
-                            bar.set_postfix(epoch=f"{epoch + 1}/{self.epochs}", loss=f"{float(value):.4g}", samples_s=f"{done / (now - t0):.1f}")
+                            bar.update(pending)
+                            pending = 0
+                            shown = float(value)  # waits for this step: the rate below is real
+                            rate = (i + 1) * self.batch_size / (time.perf_counter() - t0)
+                            bar.set_postfix(epoch=f"{epoch + 1}/{self.epochs}", loss=f"{shown:.4g}", samples_s=f"{rate:.1f}")
                     if ckpt_dir and checkpoint_every_steps and int(step0 + i + 1) % checkpoint_every_steps == 0 and b + 1 < nb:
                         for v in jax.device_get(losses):
                             loss_sum += float(v)
@@ -360,6 +373,8 @@ class Trainer(eqx.Module):
                     loss_sum += float(v)
                 loss_count += len(losses)
                 jax.block_until_ready(state.params)
+                if bar is not None and pending:
+                    bar.update(pending)
                 elapsed = time.perf_counter() - t0
                 record = {
                     "epoch": epoch + 1,
