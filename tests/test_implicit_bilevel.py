@@ -1,0 +1,215 @@
+"""Hypergradients of jaxnum.implicit drivers against finite differences, unrolling
+and each other; the explicit adjoint solve with recycling; the bilevel loop."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxnum.implicit as ji
+from jaxnum.linalg import CG, DeflatedCG
+
+
+def _central_fd(fn, x, direction, eps=1e-5):
+    return (fn(x + eps * direction) - fn(x - eps * direction)) / (2 * eps)
+
+
+def _logistic(seed=0, n=120, d=10):
+    rng = np.random.default_rng(seed)
+    X = jnp.asarray(rng.standard_normal((n, d)))
+    w = rng.standard_normal(d)
+    y = jnp.asarray((X @ w + 0.5 * rng.standard_normal(n) > 0).astype(float))
+    Xv = jnp.asarray(rng.standard_normal((60, d)))
+    yv = jnp.asarray((Xv @ w > 0).astype(float))
+    return X, y, Xv, yv
+
+
+def _logloss(X, y, w):
+    z = X @ w
+    return jnp.mean(jnp.logaddexp(0.0, z) - y * z)
+
+
+def _logistic_problem(seed=0):
+    X, y, Xv, yv = _logistic(seed)
+
+    def inner(w, log_lam):
+        return _logloss(X, y, w) + 0.5 * jnp.sum(jnp.exp(log_lam) * w**2)
+
+    def outer(w, log_lam):
+        return _logloss(Xv, yv, w)
+
+    return X, inner, outer
+
+
+def test_logistic_hypergradient_fd_forward_reverse():
+    X, inner, outer = _logistic_problem()
+    d = X.shape[1]
+    solver = ji.LBFGS(rtol=0, atol=1e-12)
+
+    def loss(log_lam):
+        w = ji.minimise(inner, solver, jnp.zeros(d), log_lam).value
+        return outer(w, log_lam)
+
+    theta = jnp.linspace(-3.0, -1.0, d)
+    grad = jax.jit(jax.grad(loss))(theta)
+    direction = jnp.asarray(np.random.default_rng(1).standard_normal(d))
+    fd = _central_fd(loss, theta, direction)
+    np.testing.assert_allclose(grad @ direction, fd, rtol=1e-6)
+    np.testing.assert_allclose(jax.jvp(loss, (theta,), (direction,))[1], grad @ direction, rtol=1e-10)
+    # The explicit adjoint solve gives the same hypergradient, with stats.
+    w = ji.minimise(inner, solver, jnp.zeros(d), theta).value
+    _, g2, _, stats = ji.hypergradient(outer, jax.grad(inner), w, theta, symmetric=True)
+    np.testing.assert_allclose(g2, grad, rtol=1e-9, atol=1e-14)
+    assert stats["adjoint_residual"] <= 1e-10
+    assert 0 < int(stats["adjoint_num_matvecs"]) <= 3 * d
+
+
+@pytest.mark.parametrize(
+    "adjoint", [ji.CheckpointedUnroll(), ji.TruncatedUnroll(60), ji.Neumann(200, alpha=1.0)],
+    ids=["checkpointed", "truncated", "neumann"],
+)
+def test_implicit_agrees_with_unrolled_to_convergence(adjoint):
+    X, inner, outer = _logistic_problem(2)
+    d = X.shape[1]
+    theta = jnp.full(d, -1.0)
+
+    def loss(theta, adjoint, solver):
+        w = ji.minimise(inner, solver, jnp.zeros(d), theta, adjoint=adjoint).value
+        return outer(w, theta)
+
+    implicit = jax.grad(loss)(theta, None, ji.LBFGS(rtol=0, atol=1e-12))
+    # Gradient descent is a contraction here: its unrolled derivative converges.
+    other = jax.grad(loss)(theta, adjoint, ji.GradientDescent(rtol=0, atol=1e-12, learning_rate=1.0))
+    np.testing.assert_allclose(other, implicit, rtol=2e-4, atol=1e-9)
+
+
+def test_lasso_hypergradient_prox_gradient_fd():
+    rng = np.random.default_rng(3)
+    n, d = 60, 15
+    X = jnp.asarray(rng.standard_normal((n, d)))
+    w_true = np.where(rng.random(d) < 0.4, rng.standard_normal(d), 0.0)
+    y = jnp.asarray(np.asarray(X) @ w_true + 0.1 * rng.standard_normal(n))
+    Xv = jnp.asarray(rng.standard_normal((40, d)))
+    yv = jnp.asarray(np.asarray(Xv) @ w_true)
+
+    def smooth(w, log_lam):
+        return 0.5 * jnp.mean((X @ w - y) ** 2)
+
+    solver = ji.ProximalGradient(
+        rtol=0, atol=1e-13, prox=lambda w, log_lam, step: ji.prox_l1(w, step * jnp.exp(log_lam))
+    )
+
+    def loss(log_lam):
+        w = ji.minimise(smooth, solver, jnp.zeros(d), log_lam).value
+        return 0.5 * jnp.mean((Xv @ w - yv) ** 2)
+
+    theta = jnp.asarray(-2.5)
+    w = ji.minimise(smooth, solver, jnp.zeros(d), theta).value
+    assert 0 < int(jnp.sum(w != 0)) < d  # a genuinely sparse solution
+    grad = jax.grad(loss)(theta)
+    fd = _central_fd(loss, theta, 1.0, eps=1e-6)
+    assert abs(fd) > 1e-4
+    np.testing.assert_allclose(grad, fd, rtol=1e-5)
+    # Unaccelerated proximal gradient, same answer.
+    slow = ji.ProximalGradient(rtol=0, atol=1e-13, prox=solver.prox, acceleration=False)
+    np.testing.assert_allclose(
+        ji.minimise(smooth, slow, jnp.zeros(d), theta).value, w, atol=1e-10
+    )
+
+
+def test_simplex_qp_hypergradient_fd():
+    rng = np.random.default_rng(4)
+    d = 8
+    M = rng.standard_normal((d, d))
+    Q = jnp.asarray(M @ M.T / d + 0.5 * np.eye(d))
+    target = jnp.asarray(rng.dirichlet(np.ones(d)))
+
+    def smooth(w, c):
+        return 0.5 * w @ (Q @ w) + c @ w
+
+    solver = ji.ProximalGradient(rtol=0, atol=1e-13, prox=lambda w, c, step: ji.projection_simplex(w))
+
+    def loss(c):
+        w = ji.minimise(smooth, solver, jnp.full(d, 1.0 / d), c).value
+        return jnp.sum((w - target) ** 2)
+
+    c = jnp.asarray(0.3 * rng.standard_normal(d))
+    w = ji.minimise(smooth, solver, jnp.full(d, 1.0 / d), c).value
+    np.testing.assert_allclose(jnp.sum(w), 1.0, atol=1e-12)
+    grad = jax.grad(loss)(c)
+    direction = jnp.asarray(rng.standard_normal(d))
+    np.testing.assert_allclose(grad @ direction, _central_fd(loss, c, direction, 1e-6), rtol=1e-5)
+
+
+def test_vmap_over_hyperparameters_matches_loop():
+    X, inner, outer = _logistic_problem(5)
+    d = X.shape[1]
+
+    def hypergrad(theta):
+        return jax.grad(lambda t: outer(ji.minimise(inner, ji.LBFGS(rtol=0, atol=1e-11), jnp.zeros(d), t).value, t))(theta)
+
+    thetas = jnp.stack([jnp.full(d, v) for v in (-2.0, -1.0, 0.0)])
+    batched = jax.jit(jax.vmap(hypergrad))(thetas)
+    looped = jnp.stack([hypergrad(t) for t in thetas])
+    np.testing.assert_allclose(batched, looped, rtol=1e-7, atol=1e-12)
+
+
+def test_recycled_warm_started_adjoint_sequence():
+    rng = np.random.default_rng(6)
+    n, d = 150, 60
+    X = jnp.asarray(rng.standard_normal((n, d)) * np.geomspace(0.05, 3.0, d))
+    y = jnp.asarray((rng.random(n) < 0.5).astype(float))
+
+    def inner(w, log_lam):
+        return _logloss(X, y, w) + 0.5 * jnp.sum(jnp.exp(log_lam) * w**2)
+
+    def outer(w, log_lam):
+        return jnp.sum(w**2)
+
+    plain = ji.ImplicitAdjoint(linear_solver=CG(rtol=1e-10, atol=0.0))
+    recycled = ji.ImplicitAdjoint(linear_solver=DeflatedCG(rtol=1e-10, atol=0.0, recycle=8))
+    state = ji.init_adjoint_state(recycled, jnp.zeros(d), symmetric=True)
+    solve = jax.jit(lambda t: ji.minimise(inner, ji.LBFGS(rtol=0, atol=1e-12), jnp.zeros(d), t).value)
+    hg_plain = jax.jit(lambda w, t: ji.hypergradient(outer, jax.grad(inner), w, t, symmetric=True, adjoint=plain))
+    hg_rec = jax.jit(
+        lambda w, t, st: ji.hypergradient(outer, jax.grad(inner), w, t, symmetric=True, adjoint=recycled, state=st)
+    )
+    mv_plain = mv_recycled = 0
+    for k in range(5):
+        theta = jnp.full(d, -4.0) + 0.02 * k
+        w = solve(theta)
+        _, g_ref, _, s_ref = hg_plain(w, theta)
+        _, g, state, s = hg_rec(w, theta, state)
+        np.testing.assert_allclose(g, g_ref, rtol=1e-7, atol=1e-12)
+        if k:
+            mv_plain += int(s_ref["adjoint_num_matvecs"])
+            mv_recycled += int(s["adjoint_num_matvecs"])
+    assert bool(state.recycle.active)
+    # Warm start + deflation: fewer products over the sequence than cold CG.
+    assert mv_recycled < mv_plain
+
+
+def test_hyperparameter_optimisation_loop():
+    X, inner, outer = _logistic_problem(7)
+    d = X.shape[1]
+    adjoint = ji.ImplicitAdjoint(linear_solver=DeflatedCG(rtol=1e-10, atol=0.0, recycle=3))
+
+    @jax.jit
+    def run(t):
+        return [
+            ji.hyperparameter_optimise(
+                outer, inner, ji.LBFGS(rtol=0, atol=1e-10), t, jnp.zeros(d),
+                optimiser=optax.adam(0.1), num_steps=20, adjoint=adjoint, warm_start=warm,
+            )
+            for warm in (True, False)
+        ]
+
+    warm, cold = run(jnp.zeros(d))
+    h = warm.history
+    assert float(h["outer_loss"][-1]) < float(h["outer_loss"][0]) - 1e-3
+    # The inexact schedule tightens tolerances, never loosens them.
+    assert bool(jnp.all(jnp.diff(h["inner_tol"]) <= 0)) and float(h["inner_tol"][-1]) < float(h["inner_tol"][0])
+    # Warm starts save inner iterations; the trajectories agree.
+    assert int(jnp.sum(h["inner_steps"])) < int(jnp.sum(cold.history["inner_steps"]))
+    np.testing.assert_allclose(warm.params, cold.params, rtol=1e-2, atol=1e-3)
