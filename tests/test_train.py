@@ -503,7 +503,7 @@ def test_autoregressive_training_with_curriculum_learns_the_heat_step():
     test = _heat_trajectories(rng, 4, 32, T=6, nu=0.2)
     dummy_inputs = traj[:, :, 0]
     trainer = jt.Trainer(
-        optax.adam(5e-2), loss=jt.MSE(), objective=jt.Autoregressive(curriculum=jt.TanhCurriculum()),
+        optax.adam(5e-2), loss=jt.MSE(), objective=jt.Autoregressive(curriculum=jt.TanhCurriculum(), initial="outputs"),
         epochs=40, batch_size=4, normalise=False,
     )
     model = Stencil((0.0, 1.0, 0.0))
@@ -527,7 +527,7 @@ def test_pushforward_and_parameter_conditioned_model():
     traj = _heat_trajectories(rng, 8, 16, T=6, nu=0.2)
     params = np.zeros((8, 1))
     trainer = jt.Trainer(
-        optax.adam(5e-2), loss=jt.MSE(), objective=jt.Autoregressive(pushforward=2),
+        optax.adam(5e-2), loss=jt.MSE(), objective=jt.Autoregressive(pushforward=2, initial="outputs"),
         epochs=8, batch_size=4, use_params=True,
     )
     trained, history = trainer.fit(Stencil((0.0, 1.0, 0.0)), (traj[:, :, 0], traj, params), key=jr.PRNGKey(1), progress=False)
@@ -537,6 +537,50 @@ def test_pushforward_and_parameter_conditioned_model():
     assert out.shape == (1, 16)
     with pytest.raises(ValueError, match="not both"):
         jt.Autoregressive(curriculum=jt.TanhCurriculum(), pushforward=1)
+
+
+def test_initial_state_from_inputs_is_the_jaxnum_data_layout():
+    # jaxnum.data stores u0 as `inputs` and the states at t_1..t_T as `outputs`.
+    traj = _heat_trajectories(np.random.default_rng(15), 8, 16, T=6)
+    kw = {"loss": jt.MSE(), "epochs": 3, "batch_size": 4, "normalise": False}
+    cur = jt.TanhCurriculum()
+    a, ha = jt.Trainer(optax.adam(5e-2), objective=jt.Autoregressive(curriculum=cur), **kw).fit(
+        Stencil(), (traj[:, :, 0], traj[:, :, 1:]), key=jr.PRNGKey(3), progress=False)
+    b, hb = jt.Trainer(optax.adam(5e-2), objective=jt.Autoregressive(curriculum=cur, initial="outputs"), **kw).fit(
+        Stencil(), (traj[:, :, 0], traj), key=jr.PRNGKey(3), progress=False)
+    assert _same(a, b) and [h["train_loss"] for h in ha] == [h["train_loss"] for h in hb]
+    with pytest.raises(ValueError, match="one state"):
+        jt.Trainer(optax.adam(5e-2), objective=jt.Autoregressive(), **kw).fit(
+            Stencil(), (np.zeros((8, 2, 16)), traj[:, :, 1:]), key=jr.PRNGKey(3), progress=False)
+
+
+@pytest.mark.slow
+def test_cape_fno_on_generated_burgers_with_curriculum(tmp_path):
+    """End to end: `jaxnum.data.generate` (Burgers, viscosity over a decade, a time
+    series) -> HDF5 -> CAPE-wrapped FNO trained with the curriculum on the scalars."""
+    jnn = pytest.importorskip("jaxnum.nn")
+    if not hasattr(jnn, "CAPE"):
+        pytest.skip("jaxnum.nn.CAPE not available")
+    from jaxnum.data import generate
+    from jaxnum.pde._catalogue import problem_from_name
+
+    path = str(tmp_path / "burgers.h5")
+    problem = problem_from_name("burgers", resolution=32, viscosity_range=(0.02, 0.2), num_saves=4, t_final=0.4)
+    generate(problem, 24, path, seed=0, progress=False)
+    with jt.HDF5Dataset(path, indices=np.arange(16)) as train, jt.HDF5Dataset(path, indices=np.arange(16, 24)) as test:
+        assert train.params is not None and train.params.shape == (16, 1)
+        base = jnn.FNO(1, 1, (8,), 16, 2, key=jr.PRNGKey(0))
+        model = jnn.CAPE(base, 1, 1, 1, key=jr.PRNGKey(1), modes=4)
+        trainer = jt.Trainer(
+            optax.adam(3e-3), objective=jt.Autoregressive(curriculum=jt.TanhCurriculum()),
+            epochs=6, batch_size=4, use_params=True,
+        )
+        untrained = jt.NormalisedModel(model, *trainer.objective.fit_normalisers(train))
+        before = trainer.evaluate(untrained, test)["nrmse"]
+        _trained, history = trainer.fit(model, train, key=jr.PRNGKey(2), eval_data={"test": test}, eval_every=3, progress=False)
+    assert history[0]["teacher_forcing"] == 1.0 and history[-1]["teacher_forcing"] == 0.0
+    after = history[-1]["eval"]["test"]["nrmse"]
+    assert np.isfinite(after) and after < 0.7 * before
 
 
 _SHARDED = textwrap.dedent(
@@ -563,7 +607,7 @@ _SHARDED = textwrap.dedent(
     traj = _heat_trajectories(np.random.default_rng(1), 8, 16, T=5)
     res = []
     for parallel in (None, jt.DataParallel()):
-        t = jt.Trainer(optax.adam(5e-2), objective=jt.Autoregressive(curriculum=jt.TanhCurriculum()), epochs=2, batch_size=4, parallel=parallel)
+        t = jt.Trainer(optax.adam(5e-2), objective=jt.Autoregressive(curriculum=jt.TanhCurriculum(), initial="outputs"), epochs=2, batch_size=4, parallel=parallel)
         res.append(t.fit(Stencil(), (traj[:, :, 0], traj), key=jr.PRNGKey(2), progress=False)[0])
     np.testing.assert_allclose(res[0].model.w, res[1].model.w, rtol=1e-11)
     try:

@@ -86,8 +86,8 @@ class Supervised(AbstractObjective):
 
 
 class Autoregressive(AbstractObjective):
-    """A one-step model `u_t -> u_{t+1}` trained on trajectories `outputs[i]`,
-    `(channels, T, *grid)`, for autoregressive rollouts.
+    """A one-step model `u_t -> u_{t+1}` trained on trajectories `(channels, T,
+    *grid)` (see `initial`) for autoregressive rollouts.
 
     Three regimes:
 
@@ -108,14 +108,16 @@ class Autoregressive(AbstractObjective):
     - `curriculum`: a `TanhCurriculum`, or `None`.
     - `pushforward`: maximum unrolled steps (0: off).
     - `stop_gradient_feedback`: cut gradients through fed-back predictions.
-    - `initial`: `"outputs"` (the trajectory holds the initial state at index 0) or
-        `"inputs"` (it does not: `inputs[i]` is prepended as the initial state).
+    - `initial`: `"inputs"` (default, the `jaxnum.data` layout: `outputs` holds the
+        states at the save times $t_1..t_T$ and `inputs[i]` is the initial state,
+        prepended to the trajectory) or `"outputs"` (the trajectory `outputs[i]`
+        already starts with the initial state; `inputs` is not used).
     """
 
     curriculum: TanhCurriculum | None = None
     pushforward: int = 0
     stop_gradient_feedback: bool = False
-    initial: Literal["outputs", "inputs"] = "outputs"
+    initial: Literal["outputs", "inputs"] = "inputs"
 
     def __check_init__(self):
         if self.pushforward < 0:
