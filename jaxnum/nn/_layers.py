@@ -1,0 +1,120 @@
+"""Pointwise building blocks shared by the models: 1x1 convolutions, channel MLPs,
+soft gating, grid embeddings and domain padding.
+
+All act on one unbatched sample laid out channels last, `(*spatial, channels)`: the
+models take `(channels, *spatial)` and move the channel axis once on the way in and
+out, because on XLA:CPU channels last turns every pointwise layer of a vmapped batch
+into one matrix product without transposes (3-4x faster backward passes measured).
+"""
+
+import math
+from collections.abc import Callable, Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+from jaxtyping import Array, Float, PRNGKeyArray
+
+
+def _dtype(dtype):
+    return jnp.result_type(float) if dtype is None else dtype
+
+
+class Pointwise(eqx.Module):
+    """A 1x1 convolution: the same affine map of the channels at every grid point.
+
+    Initialised like `torch.nn.Conv1d(kernel_size=1)` (uniform in
+    $\\pm 1/\\sqrt{c_{in}}$), so parameter counts and scales match PyTorch peers.
+    """
+
+    weight: Float[Array, "out in"]
+    bias: Float[Array, " out"] | None
+
+    def __init__(self, in_channels: int, out_channels: int, *, key: PRNGKeyArray, use_bias=True, dtype=None):
+        dtype = _dtype(dtype)
+        kw, kb = jr.split(key)
+        lim = 1.0 / math.sqrt(in_channels)
+        self.weight = jr.uniform(kw, (out_channels, in_channels), dtype, -lim, lim)
+        self.bias = jr.uniform(kb, (out_channels,), dtype, -lim, lim) if use_bias else None
+
+    def __call__(self, x: Float[Array, "*spatial in"]) -> Float[Array, "*spatial out"]:
+        y = x @ self.weight.T
+        if self.bias is not None:
+            y = y + self.bias
+        return y
+
+
+class SoftGating(eqx.Module):
+    """A learnt per-channel scale, initialised to one (a gated identity skip)."""
+
+    weight: Float[Array, " c"]
+
+    def __init__(self, channels: int, *, dtype=None):
+        self.weight = jnp.ones((channels,), _dtype(dtype))
+
+    def __call__(self, x):
+        return x * self.weight
+
+
+class ChannelMLP(eqx.Module):
+    """Pointwise MLP `in -> hidden -> ... -> out` with an activation between layers."""
+
+    layers: tuple[Pointwise, ...]
+    activation: Callable = eqx.field(static=True)
+
+    def __init__(self, in_channels, out_channels, hidden_channels, num_layers=2, *, key, activation=jax.nn.gelu, dtype=None):
+        sizes = [in_channels] + [hidden_channels] * (num_layers - 1) + [out_channels]
+        keys = jr.split(key, num_layers)
+        self.layers = tuple(Pointwise(a, b, key=k, dtype=dtype) for a, b, k in zip(sizes[:-1], sizes[1:], keys))
+        self.activation = activation
+
+    def __call__(self, x):
+        for layer in self.layers[:-1]:
+            x = self.activation(layer(x))
+        return self.layers[-1](x)
+
+
+def make_skip(kind: str | None, in_channels: int, out_channels: int, *, key, dtype=None):
+    """A skip connection: `"linear"` (1x1 conv, no bias), `"soft-gating"`,
+    `"identity"`, or `None`."""
+    if kind is None:
+        return None
+    if kind == "linear":
+        return Pointwise(in_channels, out_channels, key=key, use_bias=False, dtype=dtype)
+    if in_channels != out_channels:
+        raise ValueError(f"a {kind!r} skip needs in_channels == out_channels; use skip='linear'")
+    if kind == "soft-gating":
+        return SoftGating(in_channels, dtype=dtype)
+    if kind == "identity":
+        return eqx.nn.Identity()
+    raise ValueError(f"skip must be 'linear', 'soft-gating', 'identity' or None; got {kind!r}")
+
+
+def grid_embedding(spatial: Sequence[int], dtype) -> Float[Array, "*spatial d"]:
+    """Coordinates $j/n \\in [0, 1)$ of a periodic grid, one channel per axis.
+
+    Regenerated from the shape at every call, so the model sees the same physical
+    coordinates at every resolution."""
+    axes = [jnp.arange(n, dtype=dtype) / n for n in spatial]
+    return jnp.stack(jnp.meshgrid(*axes, indexing="ij"), axis=-1)
+
+
+def padding_widths(spatial: Sequence[int], fraction: float | Sequence[float]) -> tuple[int, ...]:
+    """Points of zero padding appended to each axis: `round(fraction * n)`. A fraction
+    of the domain (not a fixed count) keeps the padded physical length the same at
+    every resolution."""
+    fr = (fraction,) * len(spatial) if isinstance(fraction, (int, float)) else tuple(fraction)
+    if len(fr) != len(spatial):
+        raise ValueError(f"domain_padding has {len(fr)} entries for {len(spatial)} spatial axes")
+    return tuple(round(f * n) for f, n in zip(fr, spatial))
+
+
+def pad_domain(x, widths):
+    """Zero padding at the end of each spatial axis of a channels-last sample."""
+    return jnp.pad(x, [(0, w) for w in widths] + [(0, 0)])
+
+
+def crop_domain(x, widths):
+    """Undo `pad_domain`."""
+    return x[tuple(slice(0, n - w) for n, w in zip(x.shape[:-1], widths))]
