@@ -583,6 +583,62 @@ def test_cape_fno_on_generated_burgers_with_curriculum(tmp_path):
     assert np.isfinite(after) and after < 0.7 * before
 
 
+_KILLED = textwrap.dedent(
+    """
+    import sys, time
+    import jax, jax.random as jr, numpy as np, optax
+    jax.config.update("jax_enable_x64", True)
+    sys.path.insert(0, {root!r})
+    import jaxnum.train as jt
+    from tests.test_train import ConvNet, _pairs
+    x, y = _pairs(np.random.default_rng(16), 32, 16)
+    trainer = jt.Trainer(optax.adam(1e-2), epochs=40, batch_size=8)
+    trainer.fit(ConvNet(1, 1, jr.PRNGKey(0)), (x, y), key=jr.PRNGKey(1), checkpoint_dir={ckpt!r},
+                checkpoint_every_steps=1, progress=False)
+    """
+)
+
+
+@pytest.mark.slow
+def test_resume_after_a_real_kill(tmp_path):
+    """SIGKILL a training process while it writes a checkpoint every step; the
+    same call resumes to the parameters of an uninterrupted run."""
+    import signal
+    import time
+
+    ckpt = tmp_path / "ckpt"
+    script = tmp_path / "killed.py"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script.write_text(_KILLED.format(root=root, ckpt=str(ckpt)))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            latest = ckpt / "latest.json"
+            if latest.exists():
+                try:
+                    if json.loads(latest.read_text())["step"] >= 30:
+                        break
+                except (json.JSONDecodeError, KeyError):
+                    pass
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    meta = json.loads((ckpt / "latest.json").read_text())
+    assert 30 <= meta["step"] < 160
+    x, y = _pairs(np.random.default_rng(16), 32, 16)
+    trainer = jt.Trainer(optax.adam(1e-2), epochs=40, batch_size=8)
+    model = ConvNet(1, 1, jr.PRNGKey(0))
+    resumed, hist = trainer.fit(model, (x, y), key=jr.PRNGKey(1), checkpoint_dir=ckpt, checkpoint_every_steps=1, progress=False)
+    ref, ref_hist = trainer.fit(model, (x, y), key=jr.PRNGKey(1), progress=False)
+    assert _same(resumed, ref)
+    assert [h["train_loss"] for h in hist] == [h["train_loss"] for h in ref_hist]
+
+
 _SHARDED = textwrap.dedent(
     """
     import sys
