@@ -248,8 +248,34 @@ class Trainer(eqx.Module):
         when normalising) and one record per epoch (`epoch`, `step`, `train_loss`,
         `time_s`, `samples_per_s`, schedule values, `eval: {name: metrics}`).
         """
-        data = as_dataset(train_data, "train_data")
-        evals = {str(k): as_dataset(v, f"eval_data[{k!r}]") for k, v in (eval_data or {}).items()}
+        for name, value in (("eval_every", eval_every), ("checkpoint_every", checkpoint_every),
+                            ("checkpoint_every_steps", checkpoint_every_steps or 1)):
+            if not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"`{name}` must be a positive integer; got {value!r}.")
+        opened = []  # datasets this call opens from paths, closed at the end
+
+        def dataset(obj, name):
+            ds = as_dataset(obj, name)
+            if ds is not obj:
+                opened.append(ds)
+            return ds
+
+        try:
+            data = dataset(train_data, "train_data")
+            evals = {str(k): dataset(v, f"eval_data[{k!r}]") for k, v in (eval_data or {}).items()}
+            return self._fit(
+                model, data, evals, key, eval_every, checkpoint_dir, checkpoint_every,
+                checkpoint_every_steps, resume, metrics_path, progress, callbacks,
+            )
+        finally:
+            for ds in opened:
+                if hasattr(ds, "close"):
+                    ds.close()
+
+    def _fit(
+        self, model, data, evals, key, eval_every, checkpoint_dir, checkpoint_every,
+        checkpoint_every_steps, resume, metrics_path, progress, callbacks,
+    ):
         n = len(data)
         nb = num_batches(n, self.batch_size, self.drop_last)
         if nb == 0:
