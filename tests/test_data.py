@@ -268,6 +268,7 @@ def test_resume_after_kill(tmp_path):
     reference = str(tmp_path / "reference.h5")
     generate(ToyDarcy(), 24, reference, seed=7, chunk_size=3, progress=False)
     assert_same_data(path, reference)
+    assert _read_bytes(path) == _read_bytes(reference)  # the whole file, in fact
 
 
 def test_resume_after_keyboard_interrupt_and_stale_files(tmp_path):
@@ -294,6 +295,25 @@ def test_resume_after_keyboard_interrupt_and_stale_files(tmp_path):
     reference = str(tmp_path / "b.h5")
     generate(ToyDarcy(), 11, reference, seed=2, chunk_size=3, progress=False)
     assert_same_data(path, reference)
+
+
+def test_resume_keeps_the_stored_stream_layout(tmp_path):
+    """Several streams (solved side by side, each carrying its own space): resumed
+    without naming `streams`, the stored layout and carried spaces are used."""
+    path = str(tmp_path / "s.h5")
+
+    def interrupt(t):
+        if t == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        generate(ToyDarcy(), 10, path, seed=1, chunk_size=3, streams=2, progress=False, on_chunk=interrupt)
+    generate(ToyDarcy(), 10, path, seed=1, chunk_size=3, progress=False)
+    reference = str(tmp_path / "r.h5")
+    generate(ToyDarcy(), 10, reference, seed=1, chunk_size=3, streams=2, progress=False)
+    assert_same_data(path, reference)
+    with h5py.File(path, "r") as f:
+        assert f.attrs["streams"] == 2 and sorted(set(f["stats/stream"][()].tolist())) == [0, 1]
 
 
 def test_time_dependent_resume(tmp_path):
