@@ -1,9 +1,13 @@
 """The `jaxnum` command.
 
-`jaxnum demo` runs the main job on its embedded defaults. For now (the linear-algebra
-foundation) it solves one sequence of related 2D variable-coefficient systems three
-ways and prints what each cost; later families grow it into the full
-generate -> train -> invert pipeline of ARCHITECTURE.md.
+- `jaxnum demo`: the main job on its embedded defaults (see `jaxnum demo --help`).
+- `jaxnum generate <problem>`: a neural-operator dataset from the problem catalogue,
+  written to HDF5 (resumable; see `docs/data.md`).
+- `jaxnum train <file.h5>`: train a neural operator on such a file (checkpointed,
+  resumable).
+- `jaxnum bench recycling`: one sequence of related 2D variable-coefficient systems
+  solved three ways (independent GMRES, recycled GCRO-DR in the given order and in
+  similarity order), with what each cost.
 """
 
 import argparse
@@ -31,8 +35,17 @@ def _build_parser() -> argparse.ArgumentParser:
         description="jaxnum: differentiable scientific computing on JAX.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser(
-        "demo",
+    from ._demo import add_demo_parser
+    from .data._cli import add_generate_parser
+    from .train._cli import add_train_parser
+
+    add_demo_parser(sub)
+    add_generate_parser(sub)
+    add_train_parser(sub)
+    bench = sub.add_parser("bench", help="quick side-by-side comparisons")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    demo = bench_sub.add_parser(
+        "recycling",
         help="solve a sequence of related PDE systems with and without recycling",
         description=(
             "Solves a sequence of 2D steady convection-diffusion systems "
@@ -55,7 +68,7 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def demo(args) -> int:
+def bench_recycling(args) -> int:
     import jax
 
     if not args.float32:
@@ -69,7 +82,7 @@ def demo(args) -> int:
     from ._families import convection_diffusion_family, gaussian_random_field
 
     if args.recycle >= args.restart:
-        print(f"jaxnum demo: --recycle ({args.recycle}) must be smaller than --restart ({args.restart}).", file=sys.stderr)
+        print(f"jaxnum bench recycling: --recycle ({args.recycle}) must be smaller than --restart ({args.restart}).", file=sys.stderr)
         return 2
     n, N = args.resolution, args.samples
     key_base, key_var = jr.split(jr.PRNGKey(args.seed))
@@ -84,11 +97,11 @@ def demo(args) -> int:
 
     m, k = args.restart, args.recycle
     runs = [
-        ("GMRES(%d), independent" % m, jl.GMRES(args.rtol, 0.0, restart=m), "given"),
-        ("GCRO-DR(%d,%d), given order" % (m, k), jl.GCRODR(args.rtol, 0.0, restart=m, recycle=k), "given"),
-        ("GCRO-DR(%d,%d), similarity order" % (m, k), jl.GCRODR(args.rtol, 0.0, restart=m, recycle=k), "similarity"),
+        (f"GMRES({m}), independent", jl.GMRES(args.rtol, 0.0, restart=m), "given"),
+        (f"GCRO-DR({m},{k}), given order", jl.GCRODR(args.rtol, 0.0, restart=m, recycle=k), "given"),
+        (f"GCRO-DR({m},{k}), similarity order", jl.GCRODR(args.rtol, 0.0, restart=m, recycle=k), "similarity"),
     ]
-    print(f"jaxnum demo: {N} convection-diffusion systems on a {n}x{n} grid "
+    print(f"jaxnum bench recycling: {N} convection-diffusion systems on a {n}x{n} grid "
           f"({n * n} unknowns), rtol {args.rtol:g}, {jax.default_backend()} backend, "
           f"{'float32' if args.float32 else 'float64'}")
     rows = []
@@ -117,7 +130,19 @@ def demo(args) -> int:
 def main(argv=None) -> int:
     args = _build_parser().parse_args(argv)
     if args.command == "demo":
-        return demo(args)
+        from ._demo import run_demo
+
+        return run_demo(args)
+    if args.command == "train":
+        from .train._cli import run_train
+
+        return run_train(args)
+    if args.command == "bench":
+        return bench_recycling(args)
+    if args.command == "generate":
+        from .data._cli import run_generate
+
+        return run_generate(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 
