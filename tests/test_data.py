@@ -389,6 +389,17 @@ def test_bad_inputs(tmp_path):
         generate(ToyDarcy(), 4, str(other), progress=False)
     assert other.read_bytes() == b"precious"
     assert not os.path.exists(path) and not os.path.exists(path + ".parts")
+    assert sorted(os.listdir(tmp_path)) == ["notes.h5"]
+
+
+def test_one_generation_per_target(tmp_path):
+    from jaxnum.data._storage import target_lock
+
+    path = str(tmp_path / "busy.h5")
+    # As if another process were generating it:
+    with target_lock(path), pytest.raises(ValueError, match="Another process is generating"):
+        generate(ToyDarcy(), 4, path, progress=False)
+    assert sorted(os.listdir(tmp_path)) == []
 
 
 def test_non_recycling_solver(tmp_path):

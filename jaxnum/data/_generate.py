@@ -186,6 +186,14 @@ def generate(
         raise ValueError(f"The folder of {path} does not exist; create it first.")
     config = _config(problem, kind, num_samples, seed, chunk_size, solver, streams)
 
+    # One generation per target at a time (two would race on the parts and on the
+    # final rename). An OS file lock: a killed process releases it.
+    with st.target_lock(path):
+        _generate_locked(problem, kind, solver, config, path, streams, progress, on_chunk)
+    return path
+
+
+def _generate_locked(problem, kind, solver, config, path, streams, progress, on_chunk):
     # Everything that could refuse the request is checked before any work is done.
     parts = st.parts_dir(path)
     if os.path.exists(path):
@@ -202,17 +210,16 @@ def generate(
             import shutil
 
             shutil.rmtree(parts, ignore_errors=True)
-        return path
+        return
     manifest = st.read_manifest(parts) if os.path.isdir(parts) else None
     if manifest is not None:
         config = _check_against(manifest[0], config, "a partial run in " + parts, path)
     elif streams is None:
-        config["streams"] = min(jax.local_device_count(), num_samples)
+        config["streams"] = min(jax.local_device_count(), config["num_samples"])
     if kind == "elliptic":
         _generate_elliptic(problem, solver, config, path, parts, manifest, progress, on_chunk)
     else:
         _generate_time_dependent(problem, config, path, parts, manifest, progress, on_chunk)
-    return path
 
 
 def _sample(problem, key, i):

@@ -18,10 +18,11 @@ only then are the parts removed. The layout of the final file is documented in
 `docs/data.md`.
 """
 
+import contextlib
 import json
 import os
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import h5py
@@ -107,6 +108,34 @@ def is_complete(path: str) -> bool:
             return bool(f.attrs.get("complete", False))
     except OSError:
         return False
+
+
+@contextlib.contextmanager
+def target_lock(path: str) -> Iterator[None]:
+    """Holds an exclusive OS lock on `path + ".lock"` (released by the OS if the
+    process dies); refuses at once if another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - no POSIX locks (Windows): no locking
+        yield
+        return
+    lock_path = os.fspath(path) + ".lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(
+                f"Another process is generating {path} right now (it holds {lock_path}). "
+                "Wait for it, or generate into another file."
+            ) from None
+        try:
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(lock_path)
+    finally:
+        os.close(fd)
 
 
 # --- the work directory -------------------------------------------------------------
