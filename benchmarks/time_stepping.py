@@ -220,7 +220,7 @@ def main():
             lambda dt: exponax.stepper.Burgers(
                 1, 1.0, n, dt, diffusivity=0.1, convection_scale=1.0, conservative=True,
                 order=4, num_circle_points=32),
-            [1e-3, 5e-4, 2.5e-4] if not q else [2e-3, 1e-3], 2.5e-5, 4 if q else 16, 1e-6, key))
+            [4e-3, 2e-3, 1e-3, 5e-4] if not q else [2e-3, 1e-3], 1e-4, 4 if q else 16, 1e-6, key))
     if args.only in (None, "ks"):
         n = 128 if q else 256
         results.append(compare_1d(
@@ -228,12 +228,12 @@ def main():
             {"resolution": n, "t_final": 20.0},
             lambda dt: exponax.stepper.KuramotoSivashinskyConservative(
                 1, 32 * np.pi, n, dt, order=4, num_circle_points=32),
-            [0.1, 0.05, 0.025], 0.0025, 4 if q else 16, 1e-4, key))
+            [0.05, 0.025, 0.0125], 0.00125, 4 if q else 16, 1e-3, key))
     if args.only in (None, "ns"):
         n = 32 if q else 64
         results.append(compare_ns(
-            n, 1e-3, 2.0 if q else 10.0, [1 / 16, 1 / 32, 1 / 64, 1 / 128],
-            [1 / 256, 1 / 1024, 1 / 4096], 1 / 1024, 2 if q else 4, 1e-6, key))
+            n, 1e-3, 2.0 if q else 10.0, [1 / 8, 1 / 16, 1 / 32, 1 / 64],
+            [1 / 64, 1 / 256, 1 / 1024], 1 / 1024, 2 if q else 4, 1e-6, key))
     for r in results:
         print(markdown(r))
     if args.json:
