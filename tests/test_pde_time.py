@@ -412,3 +412,9 @@ def test_problem_configs_and_float32(getkey):
     assert out32.dtype == jnp.float32
     np.testing.assert_allclose(out32, out64, atol=1e-5)
     assert eqx.is_array(out32)
+    # float32 through CG inside Crank-Nicolson (the default tolerance follows the dtype)
+    heat = P.Heat(8, t_final=0.1, num_saves=1, dt=0.05)
+    hp = heat.sample_parameters(getkey())
+    h32 = jax.jit(heat.solve)(jax.tree.map(lambda a: a.astype(jnp.float32), hp))
+    assert h32.dtype == jnp.float32
+    np.testing.assert_allclose(h32, jax.jit(heat.solve)(hp), atol=1e-5)

@@ -227,7 +227,9 @@ class CrankNicolsonHeun(diffrax.AbstractSolver):
 
     **Arguments:**
 
-    - `linear_solver`: a lineax solver for `I - (h/2) L`. CG and DeflatedCG need
+    - `linear_solver`: a lineax solver for `I - (h/2) L` (default: `CG` with
+        `rtol = max(1e-10, 50 eps)` of the state's dtype, so float32 converges too).
+        CG and DeflatedCG need
         `L` tagged negative semidefinite (diffusion), which makes the system SPD.
 
     **Derivatives:** diffrax's adjoint through the steps; each linear solve is
@@ -235,7 +237,7 @@ class CrankNicolsonHeun(diffrax.AbstractSolver):
     A failed linear solve makes the diffrax solve fail with its result.
     """
 
-    linear_solver: lx.AbstractLinearSolver = CG(rtol=1e-10, atol=1e-14)
+    linear_solver: lx.AbstractLinearSolver | None = None
 
     term_structure: ClassVar = SemilinearTerm
     interpolation_cls: ClassVar[Callable[..., diffrax.LocalLinearInterpolation]] = (
@@ -259,9 +261,16 @@ class CrankNicolsonHeun(diffrax.AbstractSolver):
 
     def init(self, terms, t0, t1, y0, args):
         term, _ = unwrap_semilinear(terms, "CrankNicolsonHeun")
-        if isinstance(term.linear, lx.AbstractLinearOperator) and hasattr(self.linear_solver, "empty_recycle"):
-            return self.linear_solver.empty_recycle(self._system(term.linear, t1 - t0))
+        solver = self._linear_solver(y0)
+        if isinstance(term.linear, lx.AbstractLinearOperator) and hasattr(solver, "empty_recycle"):
+            return solver.empty_recycle(self._system(term.linear, t1 - t0))
         return None
+
+    def _linear_solver(self, y) -> lx.AbstractLinearSolver:
+        if self.linear_solver is not None:
+            return self.linear_solver
+        rtol = max(1e-10, 50 * float(jnp.finfo(jnp.result_type(y)).eps))
+        return CG(rtol=rtol, atol=1e-4 * rtol)
 
     def _solve(self, M, b, guess, space):
         if not isinstance(M, lx.AbstractLinearOperator):
@@ -269,7 +278,7 @@ class CrankNicolsonHeun(diffrax.AbstractSolver):
         options = {"y0": jax.lax.stop_gradient(guess)}  # a warm start changes no solution
         if space is not None:
             options["recycle"] = space
-        sol = lx.linear_solve(M, b, self.linear_solver, options=options, throw=False)
+        sol = lx.linear_solve(M, b, self._linear_solver(b), options=options, throw=False)
         if space is not None:
             space = sol.stats["recycle"]
         return sol.value, diffrax.RESULTS.promote(sol.result), space
