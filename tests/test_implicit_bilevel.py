@@ -57,6 +57,10 @@ def test_logistic_hypergradient_fd_forward_reverse():
     fd = _central_fd(loss, theta, direction)
     np.testing.assert_allclose(grad @ direction, fd, rtol=1e-6)
     np.testing.assert_allclose(jax.jvp(loss, (theta,), (direction,))[1], grad @ direction, rtol=1e-10)
+    # Preconditioning the adjoint CG with the L-BFGS memory: same hypergradient.
+    pre = ji.ImplicitAdjoint(preconditioner="auto")
+    g_pre = jax.grad(lambda t: outer(ji.minimise(inner, solver, jnp.zeros(d), t, adjoint=pre).value, t))(theta)
+    np.testing.assert_allclose(g_pre, grad, rtol=1e-8, atol=1e-14)
     # The explicit adjoint solve gives the same hypergradient, with stats.
     w = ji.minimise(inner, solver, jnp.zeros(d), theta).value
     _, g2, _, stats = ji.hypergradient(outer, jax.grad(inner), w, theta, symmetric=True)

@@ -24,8 +24,9 @@ class AbstractImplicitAdjoint(AbstractAdjoint):
     transposition of the same linear map.
     """
 
-    def apply_inverse(self, operator: lx.AbstractLinearOperator, rhs, symmetric: bool):
-        """`A^{-1} rhs` (exact or approximate). Must be linear in `rhs`."""
+    def apply_inverse(self, operator: lx.AbstractLinearOperator, rhs, symmetric: bool, model=None):
+        """`A^{-1} rhs` (exact or approximate). Must be linear in `rhs`. `model` is the
+        inner solver's own approximation of `A^{-1}` (e.g. the L-BFGS memory), or None."""
         raise NotImplementedError
 
 
@@ -42,8 +43,14 @@ class ImplicitAdjoint(AbstractImplicitAdjoint):
     **Arguments:**
 
     - `linear_solver`: any `lineax.AbstractLinearSolver` (default: see above).
-    - `preconditioner`: a lineax operator approximating `A^{-1}`, or a function
-        `operator -> lineax operator` (e.g. `jaxnum.linalg.jacobi`).
+    - `preconditioner`: a lineax operator approximating `A^{-1}`, a function
+        `operator -> lineax operator` (e.g. `jaxnum.linalg.jacobi`), `None`
+        (default), or `"auto"`: the inner solver's own curvature model when a
+        driver provides one (`LBFGS`: its inverse-Hessian approximation, SPD by
+        construction, already built). Measured on logistic regression 3000 x 600 it
+        did not pay: the two-loop recursion's sequential small products cost more
+        on XLA:CPU than the CG iterations it saved (0.045 s vs 0.039 s per
+        hypergradient), hence not the default.
     - `tol`: relative tolerance of the default Krylov solver (true residual). The
         default `1e-10` gives hypergradients accurate to ~1e-8 on well-posed problems
         (JAXopt's default adjoint tolerance gives ~1e-5).
@@ -54,13 +61,9 @@ class ImplicitAdjoint(AbstractImplicitAdjoint):
     """
 
     linear_solver: lx.AbstractLinearSolver | None = None
-    preconditioner: Callable | lx.AbstractLinearOperator | None = None
+    preconditioner: Callable | lx.AbstractLinearOperator | str | None = None
     tol: float = 1e-10
     max_steps: int | None = None
-
-    def __check_init__(self):
-        if isinstance(self.tol, (int, float)) and not self.tol >= 0:
-            raise ValueError(f"ImplicitAdjoint: `tol` must be non-negative, got {self.tol}.")
 
     def solver(self, symmetric: bool) -> lx.AbstractLinearSolver:
         if self.linear_solver is not None:
@@ -69,17 +72,28 @@ class ImplicitAdjoint(AbstractImplicitAdjoint):
             return CG(rtol=self.tol, atol=0.0, max_steps=self.max_steps)
         return GMRES(rtol=self.tol, atol=0.0, restart=40, max_steps=self.max_steps)
 
-    def options(self, operator) -> dict:
-        if self.preconditioner is None:
-            return {}
+    def __check_init__(self):
+        if isinstance(self.tol, (int, float)) and not self.tol >= 0:
+            raise ValueError(f"ImplicitAdjoint: `tol` must be non-negative, got {self.tol}.")
+        if isinstance(self.preconditioner, str) and self.preconditioner != "auto":
+            raise ValueError(
+                "ImplicitAdjoint: `preconditioner` must be a lineax operator, a function "
+                f"of the operator, None or 'auto'; got {self.preconditioner!r}."
+            )
+
+    def options(self, operator, model=None) -> dict:
         pre = self.preconditioner
+        if isinstance(pre, str):
+            return {} if model is None else {"preconditioner": model}
+        if pre is None:
+            return {}
         if not isinstance(pre, lx.AbstractLinearOperator):
             pre = pre(operator)
         return {"preconditioner": pre}
 
-    def apply_inverse(self, operator, rhs, symmetric):
+    def apply_inverse(self, operator, rhs, symmetric, model=None):
         solver = self.solver(symmetric)
-        return lx.linear_solve(operator, rhs, solver, options=self.options(operator)).value
+        return lx.linear_solve(operator, rhs, solver, options=self.options(operator, model)).value
 
 
 class Neumann(AbstractImplicitAdjoint):
@@ -98,7 +112,7 @@ class Neumann(AbstractImplicitAdjoint):
         if self.k < 0:
             raise ValueError(f"Neumann: `k` must be non-negative, got {self.k}.")
 
-    def apply_inverse(self, operator, rhs, symmetric):
+    def apply_inverse(self, operator, rhs, symmetric, model=None):
         alpha = self.alpha
 
         def body(_, carry):
@@ -120,7 +134,7 @@ class OneStep(AbstractImplicitAdjoint):
 
     alpha: float = 1.0
 
-    def apply_inverse(self, operator, rhs, symmetric):
+    def apply_inverse(self, operator, rhs, symmetric, model=None):
         return jtu.tree_map(lambda t: self.alpha * t, rhs)
 
 

@@ -94,6 +94,12 @@ class AbstractSolver(eqx.Module):
         `state` is the final (non-differentiated) solver state."""
         return problem.residual
 
+    def inverse_model(self, state, y):
+        """An approximation of `(dF/dy)^{-1}` at the solution built by the solver
+        itself (a lineax operator on `y`'s structure), or None. Offered to
+        `ImplicitAdjoint(preconditioner="auto")`."""
+        return
+
     def converged(self, state, norm0) -> Bool[Array, ""]:
         return self.residual_norm(state) <= self.atol + self.rtol * norm0
 

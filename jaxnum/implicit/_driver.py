@@ -117,7 +117,7 @@ def _solve(kind, name, fn, solver, y0, args, adjoint, throw, options):
             optimality = solver.optimality(problem, lax.stop_gradient(state))
             y = implicit_root(
                 optimality, y_s, args, symmetric=problem.symmetric and solver.symmetric_optimality,
-                adjoint=adjoint, name=name,
+                adjoint=adjoint, name=name, model=solver.inverse_model(lax.stop_gradient(state), y_s),
             )
     residual = solver.residual_norm(state)
     converged = solver.converged(state, norm0)

@@ -53,6 +53,7 @@ def implicit_root(
     symmetric: bool,
     adjoint: AbstractImplicitAdjoint,
     name: str = "implicit_root",
+    model: lx.AbstractLinearOperator | None = None,
 ) -> PyTree[Array]:
     """Returns `root`, differentiable with respect to `params` (and to any array the
     optimality function closes over) through `F(root, params) = 0`.
@@ -60,6 +61,8 @@ def implicit_root(
     `root` itself carries no derivative (the solver that produced it is never
     differentiated). Closed-over arrays of `optimality` are turned into explicit
     inputs by `jax.closure_convert`, so they are differentiated, not frozen.
+    `model`: an optional approximation of `(dF/dy)^{-1}` from the inner solver
+    (a constant), offered to the adjoint as a preconditioner.
     """
     check_optimality_shape(optimality, root, params, name)
     root = jax.lax.stop_gradient(root)
@@ -84,7 +87,7 @@ def implicit_root(
         root = identity(root, diff, consts)
         _, rhs = jax.jvp(lambda d, c: closed(root, d, *c), (diff, consts), (t_diff, t_consts))
         operator = linearised_operator(lambda y: closed(y, diff, *consts), root, symmetric)
-        t_root = adjoint.apply_inverse(operator, rhs, symmetric)
+        t_root = adjoint.apply_inverse(operator, rhs, symmetric, model)
         return root, jtu.tree_map(jnp.negative, t_root)
 
     return identity(root, diff, consts)

@@ -4,11 +4,14 @@ from typing import ClassVar
 
 import equinox as eqx
 import jax.numpy as jnp
+import lineax as lx
 from jax import lax
+from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, Int
 
 from ._base import AbstractSolver, check_tolerances
 from ._flat import Flat
+from ._implicit import structure
 from ._linesearch import armijo
 
 
@@ -169,3 +172,17 @@ class LBFGS(AbstractSolver):
 
     def residual_norm(self, state):
         return state.gnorm
+
+    def inverse_model(self, state, y):
+        """The L-BFGS inverse-Hessian approximation (SPD: only pairs with `s.y > 0`
+        are kept) as a lineax operator: a free preconditioner for the adjoint CG."""
+        _, unravel = ravel_pytree(y)
+        s_ = state
+
+        def mv(v):
+            flat = ravel_pytree(v)[0]
+            return unravel(two_loop(flat, s_.S, s_.Y, s_.rho, s_.head, s_.count, s_.gamma))
+
+        return lx.FunctionLinearOperator(
+            mv, structure(y), (lx.symmetric_tag, lx.positive_semidefinite_tag)
+        )
