@@ -41,7 +41,7 @@ def add_demo_parser(sub):
     demo.add_argument("--train-samples", type=_positive_int, default=500, help="training samples (default 500)")
     demo.add_argument("--test-samples", type=_positive_int, default=100,
                       help="test samples per resolution (default 100)")
-    demo.add_argument("--epochs", type=_positive_int, default=40, help="training epochs (default 40)")
+    demo.add_argument("--epochs", type=_positive_int, default=30, help="training epochs (default 30)")
     demo.add_argument("--batch-size", type=_positive_int, default=20, help="samples per step (default 20)")
     demo.add_argument("--modes", type=_positive_int, default=12, help="Fourier modes per axis (default 12)")
     demo.add_argument("--width", type=_positive_int, default=32, help="FNO channels (default 32)")
