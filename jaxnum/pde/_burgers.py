@@ -54,8 +54,8 @@ class Burgers(AbstractTimeDependentProblem):
         sample (then it is a scalar parameter for parameter-conditioned models).
     - `t_final`, `num_saves`: outputs at `t_final * (1..num_saves) / num_saves`
         (`num_saves > 1` gives a time series for autoregressive training).
-    - `dt`: the step (default: the largest with `dt |u| |k| <= 1 + dt nu k^2` on every
-        mode for `|u| <= 3`, well beyond the range of the default initial data, capped
+    - `dt`: the step (default: the largest with `dt |u| |k| <= 0.4 y_max(dt nu k^2)` on every
+        mode (see `check_advective_step`) for `|u| <= 3`, well beyond the range of the default initial data, capped
         at 0.005 and at the save interval / 4; measured errors are in
         `benchmarks/results/time_stepping.md`).
     - `solver`: a diffrax solver for `SemilinearTerm` (default `ETDRK4()`); an explicit

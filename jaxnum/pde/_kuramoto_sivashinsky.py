@@ -34,7 +34,7 @@ class KuramotoSivashinsky(AbstractTimeDependentProblem):
     - `resolution`, `length`: grid points and domain (default `32 pi`, Kassam-
         Trefethen's).
     - `t_final`, `num_saves`, `dt`, `solver`: as in `Burgers` (default `dt` the
-        largest with `dt |u| |k| <= 1 + dt max(k^4 - k^2, 0)` for `|u| <= 4`, capped
+        largest with `dt |u| |k| <= 0.4 y_max(dt max(k^4 - k^2, 0))` for `|u| <= 4`, capped
         at 0.05).
     - `alpha`, `tau`, `sigma`: the random initial data, a Gaussian random field with
         covariance `~ (-Laplace + tau^2)^(-alpha)` and pointwise std `sigma`.

@@ -73,7 +73,7 @@ class NavierStokes2D(AbstractTimeDependentProblem):
     - `viscosity` or `viscosity_range=(lo, hi)` (log-uniform per sample, then a
         scalar parameter).
     - `t_final`, `num_saves`, `dt`, `solver`: as in `Burgers` (default `dt` the
-        largest with `dt |u| |k| <= 1 + dt nu |k|^2` for `|u| <= 2`, capped at 1/32).
+        largest with `dt |u| |k| <= 0.4 y_max(dt nu |k|^2)` for `|u| <= 2`, capped at 1/32).
     - `forcing`: apply the FNO forcing (default True).
     - `w0_scale`: the covariance scale of `w0`. The paper writes the law as
         `N(0, 7^{3/2} (-Laplace + 49 I)^{-2.5})`; its data generator
