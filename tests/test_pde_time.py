@@ -418,3 +418,26 @@ def test_problem_configs_and_float32(getkey):
     h32 = jax.jit(heat.solve)(jax.tree.map(lambda a: a.astype(jnp.float32), hp))
     assert h32.dtype == jnp.float32
     np.testing.assert_allclose(h32, jax.jit(heat.solve)(hp), atol=1e-5)
+
+
+def test_etdrk4_stability_limit_table():
+    from jaxnum.pde._etd import etdrk4_imaginary_limit
+
+    x, y = etdrk4_imaginary_limit()
+    # Undamped: RK4's imaginary-axis limit 2 sqrt(2); strongly damped: ~ x / sqrt(2).
+    assert abs(y[0] - 2 * np.sqrt(2)) < 0.01
+    assert abs(y[-1] / x[-1] - 1 / np.sqrt(2)) < 0.01
+    assert np.all(np.diff(y) >= -2e-3 * y[1:])  # non-decreasing up to the y-grid step
+    # Just inside the limit the amplification factor is <= 1, just outside > 1.
+    i = np.searchsorted(x, 5.0)
+    E, E2, Q, f1, f2, f3 = (np.asarray(c)[0] for c in P.etdrk4_coefficients(jnp.asarray([-x[i]]), 1.0))
+
+    def amp(yv):
+        mu = 1j * yv
+        a = E2 + Q * mu
+        b = E2 + Q * mu * a
+        c = E2 * a + Q * (2 * mu * b - mu)
+        return abs(E + f1 * mu + 2 * f2 * mu * (a + b) + f3 * mu * c)
+
+    assert amp(0.99 * y[i]) <= 1 + 1e-12
+    assert amp(1.05 * y[i]) > 1
