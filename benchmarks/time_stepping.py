@@ -197,7 +197,7 @@ def markdown(result):
         return "-" if v is None else format(v, f)
 
     for r in result["rows"]:
-        if r["jaxnum_s"] is None and peer == "exponax":
+        if r["jaxnum_s"] is None and (peer == "exponax" or r[peer + "_s"] is None):
             ours = "refused (CFL) | -"
         else:
             ours = f"{fmt(r['jaxnum_s'], '.3f')} | {fmt(r['jaxnum_err'], '.1e')}"
