@@ -24,9 +24,10 @@ class DarcyState(eqx.Module):
     adjoint: Float[Array, "*grid"]
 
 
-def default_prior(problem: Darcy, gradient_weight: float = 1e-2, value_weight: float = 1e-2) -> SmoothnessPrior:
+def default_prior(problem: Darcy, gradient_weight: float = 1.0, value_weight: float = 1e-2) -> SmoothnessPrior:
     """A smoothness prior matched to the grid of `problem`, centred on its
-    `log_mean`."""
+    `log_mean`. The default weights suit pressure data with ~1% noise on the unit
+    square (tuned on 32^2 with 100 sensors, see `docs/inverse.md`)."""
     return SmoothnessPrior(gradient_weight, value_weight, problem.log_mean, problem.grid.spacing)
 
 
