@@ -182,6 +182,21 @@ def test_surrogate_inversion_recovers_truth_and_matches_implicit_minimise():
     assert int(res.stats["model_calls"]) == int(res.num_evaluations)
 
 
+def test_invert_under_vmap_matches_one_by_one():
+    n = 16
+    model = _smoothing_model(n)
+    sensors = sensor_lattice((n, n), 6)
+    prior = SmoothnessPrior(1.0, 1e-2, 0.0, (1 / n, 1 / n))
+    inv = SurrogateInversion(model, (n, n), sensors, noise_std=1e-3, prior=prior)
+    fields = 0.5 * jr.normal(jr.PRNGKey(11), (2, n, n))
+    data = jax.vmap(lambda m: observe(model(jnp.exp(m)), sensors))(fields)
+    lbfgs = LBFGS(rtol=1e-8, atol=0.0, max_steps=300)
+    run = jax.jit(lambda d: invert(inv, d, solver=lbfgs).value)
+    batched = jax.jit(jax.vmap(lambda d: invert(inv, d, solver=lbfgs).value))(data)
+    for i in range(2):
+        assert np.allclose(batched[i], run(data[i]), rtol=1e-6, atol=1e-8)
+
+
 def test_surrogate_inversion_with_an_fno():
     from jaxnum.nn import FNO
 
