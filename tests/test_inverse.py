@@ -230,8 +230,8 @@ def _tumour_setup(n=16):
 
 def test_tumour_fit_recovers_diffusivity_rate_and_centre():
     """16^2 Fisher-KPP, t = 2, 2% Gaussian noise on every cell (the density reaches 1).
-    Measured errors: well under 1% for D and rho and under 0.005 for the centre;
-    bounds 3% and 0.01."""
+    Measured errors (this seed): 1.9% for D, 0.9% for rho, 2e-4 for the centre
+    (21 L-BFGS steps); bounds 3% and 0.01."""
     model, truth, obs = _tumour_setup()
     fit = model.fit(obs, diffusivity=0.6e-3, rate=6.0, centre=jnp.array([0.5, 0.5]))
     assert abs(float(fit.diffusivity) / truth["diffusivity"] - 1) < 0.03
