@@ -5,7 +5,8 @@ recycling, PDE operators, preconditioners), `jaxnum.implicit` (implicit
 differentiation, optimisers, adjoints, bilevel helpers), `jaxnum.pde` (grids,
 finite-volume and spectral discretisations, the problem catalogue, time stepping
 through diffrax), `jaxnum.nn` (FNO, TFNO, U-Net, CAPE), `jaxnum.data` (resumable
-dataset generation), `jaxnum.train` (training on optax), `jaxnum.special`
+dataset generation), `jaxnum.train` (training on optax), `jaxnum.inverse` (inverse problems through
+the adjoint or a surrogate), `jaxnum.special`
 (log-space special functions with custom derivatives) and `jaxnum.kernels` (Pallas
 kernels with plain-JAX references).
 """
@@ -14,6 +15,7 @@ from importlib.metadata import PackageNotFoundError, version as _version
 
 from . import data as data
 from . import implicit as implicit
+from . import inverse as inverse
 from . import kernels as kernels
 from . import linalg as linalg
 from . import nn as nn

@@ -58,10 +58,13 @@ def test_demo_pipeline_small(tmp_path, capsys):
         assert set(summary["errors"]) == {"16", "32"}
         assert all(0 < e < 2 for e in summary["errors"].values())
         for name in ("report.md", "samples.png", "prediction.png", "prediction_zero_shot.png",
-                     "training_curve.png", "darcy_16.h5", "darcy_32.h5"):
+                     "training_curve.png", "inversion.png", "darcy_16.h5", "darcy_32.h5"):
             assert (out / name).stat().st_size > 0
         report = (out / "report.md").read_text()
-        assert "zero-shot" in report and "DeflatedCG" in report
+        assert "zero-shot" in report and "DeflatedCG" in report and "Inversion" in report
+        # The inversion through the solver recovers the field much better than the
+        # prior mean alone would (relative error of a constant guess ~0.3-0.5).
+        assert summary["inversion"]["solver (adjoint, recycled)"]["error"] < 0.3
         # Running again reuses the datasets and the final checkpoint: same errors.
         assert main(argv) == 0
         again = json.loads((out / "summary.json").read_text())
