@@ -10,6 +10,7 @@ from ._cg import CG as CG
 from ._deflated_cg import DeflatedCG as DeflatedCG
 from ._gcrodr import GCRODR as GCRODR
 from ._gmres import GMRES as GMRES
+from ._multigrid import multigrid as multigrid
 from ._operators import (
     SparseOperator as SparseOperator,
     stencil_apply as stencil_apply,

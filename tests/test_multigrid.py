@@ -1,0 +1,211 @@
+"""Tests of the aggregation multigrid preconditioner `jaxnum.linalg.multigrid`."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import lineax as lx
+import numpy as np
+import pytest
+import scipy.sparse.linalg as spla
+
+import jaxnum.linalg as jl
+from jaxnum.linalg._multigrid import _mask_outside, coarsen_weights
+from jaxnum.pde import Darcy
+
+from .helpers import to_scipy
+
+
+def _aggregation_matrix(shape):
+    """Dense piecewise-constant prolongation over pairs per axis (ceil on odd)."""
+    coarse = tuple((n + 1) // 2 if n > 1 else 1 for n in shape)
+    fine_idx = np.arange(int(np.prod(shape))).reshape(shape)
+    coarse_idx = np.arange(int(np.prod(coarse))).reshape(coarse)
+    P = np.zeros((fine_idx.size, coarse_idx.size))
+    for cell in itertools.product(*(range(n) for n in shape)):
+        agg = tuple(c // 2 if n > 1 else 0 for c, n in zip(cell, shape))
+        P[fine_idx[cell], coarse_idx[agg]] = 1.0
+    return P, coarse
+
+
+@pytest.mark.parametrize(
+    "shape,periodic",
+    [((7,), False), ((9,), True), ((6, 5), False), ((5, 6), (True, False)),
+     ((4, 3, 5), (False, True, False)), ((3, 3, 3), True)],
+)
+def test_coarsening_is_galerkin(shape, periodic):
+    # Against the dense product P^T A P, including odd and periodic axes.
+    rng = np.random.default_rng(0)
+    weights = jnp.asarray(rng.uniform(-1, 1, (2 * len(shape) + 1, *shape)))
+    op = jl.StencilOperator(weights, periodic)
+    A = np.asarray(op.as_matrix())
+    P, coarse = _aggregation_matrix(shape)
+    wc = coarsen_weights(_mask_outside(op.weights, op.periodic), op.periodic)
+    assert wc.shape[1:] == coarse
+    Ac = np.asarray(jl.StencilOperator(wc, op.periodic).as_matrix())
+    np.testing.assert_allclose(Ac, P.T @ A @ P, atol=1e-12)
+
+
+def _darcy(res, ndim, coefficient="threshold", seed=0):
+    prob = Darcy(res, ndim, coefficient=coefficient)
+    params = prob.sample_parameters(jr.PRNGKey(seed))
+    op, b = prob.system(params)
+    return prob, params, op, b
+
+
+@pytest.mark.parametrize(
+    "shape,kwargs",
+    [((32, 32), {}), ((16, 16), {"smoother": "jacobi"}), ((7, 9, 6), {}),
+     ((33, 17), {"coarsest": "smooth", "levels": 3})],
+)
+def test_cycle_symmetric_positive_definite(shape, kwargs):
+    rng = np.random.default_rng(1)
+    a = jnp.asarray(np.exp(rng.standard_normal(shape)))
+    op = jl.diffusion_operator(a)
+    M = jl.multigrid(op, **kwargs)
+    assert lx.is_symmetric(M) and lx.is_positive_semidefinite(M)
+    X = jnp.asarray(rng.standard_normal((6, *shape)))
+    MX = jax.vmap(M.mv)(X)
+    G = np.asarray(X).reshape(6, -1) @ np.asarray(MX).reshape(6, -1).T
+    np.testing.assert_allclose(G, G.T, rtol=1e-10, atol=1e-12 * np.abs(G).max())
+    assert np.all(np.linalg.eigvalsh(0.5 * (G + G.T)) > 0)
+
+
+def test_periodic_cycle_symmetric():
+    # A periodic axis and a Dirichlet one (SPD); and a fully periodic shifted one.
+    rng = np.random.default_rng(2)
+    a = jnp.asarray(np.exp(rng.standard_normal((12, 10))))
+    for op in (
+        jl.diffusion_operator(a, periodic=(True, False)),
+        jl.StencilOperator(  # -div(a grad u) + u, fully periodic
+            jl.diffusion_operator(a, periodic=True).weights.at[0].add(1.0), True,
+            lx.positive_semidefinite_tag,
+        ),
+    ):
+        M = jl.multigrid(op)
+        X = jnp.asarray(rng.standard_normal((4, 12, 10)))
+        G = np.asarray(X).reshape(4, -1) @ np.asarray(jax.vmap(M.mv)(X)).reshape(4, -1).T
+        np.testing.assert_allclose(G, G.T, rtol=1e-10)
+        assert np.all(np.linalg.eigvalsh(0.5 * (G + G.T)) > 0)
+        sol = lx.linear_solve(
+            op, X[0], jl.CG(rtol=1e-10, atol=0.0), options={"preconditioner": M}
+        )
+        assert int(sol.stats["num_matvecs"]) < 30
+        np.testing.assert_allclose(op.mv(sol.value), X[0], atol=1e-8)
+
+
+@jax.jit
+def _pcg(op, b):
+    sol = lx.linear_solve(
+        op, b, jl.CG(rtol=1e-8, atol=0.0),
+        options={"preconditioner": jl.multigrid(op)}, throw=False,
+    )
+    return sol.value, sol.stats["num_matvecs"], sol.result
+
+
+# Measured 12-14 products at every size (unpreconditioned CG: 180-750); bound 20.
+@pytest.mark.parametrize(
+    "res,ndim,coefficient",
+    [(32, 2, "threshold"), (64, 2, "threshold"),
+     pytest.param(64, 2, "lognormal", marks=pytest.mark.slow),
+     (16, 3, "threshold"), (16, 3, "lognormal"),
+     pytest.param(128, 2, "threshold", marks=pytest.mark.slow),
+     pytest.param(128, 2, "lognormal", marks=pytest.mark.slow)],
+)
+def test_pcg_darcy_iterations_and_accuracy(res, ndim, coefficient):
+    _, _, op, b = _darcy(res, ndim, coefficient)
+    x, matvecs, result = _pcg(op, b)
+    assert result == lx.RESULTS.successful
+    assert int(matvecs) <= 20
+    exact = spla.spsolve(to_scipy(op).tocsc(), np.asarray(b).ravel())
+    np.testing.assert_allclose(np.asarray(x).ravel(), exact, rtol=1e-6, atol=1e-9 * np.abs(exact).max())
+
+
+def test_grid_independence_and_beats_cg():
+    counts = []
+    for res in (16, 32, 64):
+        _, _, op, b = _darcy(res, 2)
+        counts.append(int(_pcg(op, b)[1]))
+        plain = lx.linear_solve(op, b, jl.CG(rtol=1e-8, atol=0.0))
+        assert counts[-1] * 5 < int(plain.stats["num_matvecs"])
+    assert max(counts) - min(counts) <= 4
+
+
+def test_jit_vmap_over_coefficients():
+    prob = Darcy(32, 2)
+    params = jax.vmap(prob.sample_parameters)(jr.split(jr.PRNGKey(3), 3))
+
+    def solve(p):
+        op, b = prob.system(p)
+        return _pcg(op, b)[:2]
+
+    xs, counts = jax.jit(jax.vmap(solve))(params)
+    for i in range(3):
+        op, b = prob.system(jax.tree.map(lambda v, i=i: v[i], params))
+        exact = spla.spsolve(to_scipy(op).tocsc(), np.asarray(b).ravel())
+        np.testing.assert_allclose(np.asarray(xs[i]).ravel(), exact, rtol=1e-6, atol=1e-10)
+        assert int(counts[i]) <= 20
+
+
+def test_solve_sequence_deflated_cg_with_multigrid():
+    prob = Darcy(32, 2)
+    params = jax.vmap(prob.sample_parameters)(jr.split(jr.PRNGKey(4), 5))
+    make = lambda p: prob.system(p)[0]
+    b = prob.system(jax.tree.map(lambda v: v[0], params))[1]
+    solver = jl.DeflatedCG(rtol=1e-8, atol=0.0, recycle=4)
+    seq = jl.solve_sequence(
+        make, params, b, solver, features=prob.features, preconditioner=jl.multigrid
+    )
+    plain = jl.solve_sequence(make, params, b, solver, features=prob.features)
+    assert seq.recycle is not None
+    assert int(jnp.max(seq.stats["num_matvecs"])) <= 20
+    assert int(jnp.sum(seq.stats["num_matvecs"])) * 3 < int(jnp.sum(plain.stats["num_matvecs"]))
+    for i in range(5):
+        op = make(jax.tree.map(lambda v, i=i: v[i], params))
+        exact = spla.spsolve(to_scipy(op).tocsc(), np.asarray(b).ravel())
+        np.testing.assert_allclose(np.asarray(seq.value[i]).ravel(), exact, rtol=1e-6, atol=1e-10)
+
+
+def test_gmres_with_multigrid_convection_diffusion():
+    rng = np.random.default_rng(5)
+    a = jnp.asarray(np.exp(0.5 * rng.standard_normal((32, 32))))
+    v = jnp.asarray(5.0 * rng.standard_normal((2, 32, 32)))
+    op = jl.convection_diffusion_operator(a, v)
+    b = jnp.ones((32, 32))
+    M = jl.multigrid(op)
+    assert not lx.is_symmetric(M)
+    sol = lx.linear_solve(op, b, jl.GMRES(rtol=1e-8, atol=0.0), options={"preconditioner": M})
+    plain = lx.linear_solve(op, b, jl.GMRES(rtol=1e-8, atol=0.0))
+    assert int(sol.stats["num_matvecs"]) * 4 < int(plain.stats["num_matvecs"])
+    exact = spla.spsolve(to_scipy(op).tocsc(), np.asarray(b).ravel())
+    np.testing.assert_allclose(np.asarray(sol.value).ravel(), exact, rtol=1e-6, atol=1e-10)
+
+
+def test_float32_smoke():
+    _, _, op, b = _darcy(32, 2)
+    op32 = jl.StencilOperator(op.weights.astype(jnp.float32), op.periodic, op.tags)
+    b32 = b.astype(jnp.float32)
+    M = jl.multigrid(op32)
+    assert M.mv(b32).dtype == jnp.float32
+    sol = lx.linear_solve(op32, b32, jl.CG(rtol=1e-5, atol=0.0), options={"preconditioner": M})
+    assert sol.value.dtype == jnp.float32
+    assert int(sol.stats["num_matvecs"]) <= 15
+    res = jnp.linalg.norm(b32 - op32.mv(sol.value)) / jnp.linalg.norm(b32)
+    assert float(res) < 1e-4
+
+
+def test_bad_input():
+    _, _, op, _ = _darcy(16, 2)
+    with pytest.raises(ValueError, match="StencilOperator"):
+        jl.multigrid(lx.MatrixLinearOperator(op.as_matrix()))
+    with pytest.raises(ValueError, match="levels >= 2"):
+        jl.multigrid(op, levels=1)
+    with pytest.raises(ValueError, match="at most"):
+        jl.multigrid(op, levels=9)
+    with pytest.raises(ValueError, match="smoother"):
+        jl.multigrid(op, smoother="gauss-seidel")
+    with pytest.raises(ValueError, match="correction"):
+        jl.multigrid(op, correction=2.5)
+    with pytest.raises(ValueError, match="too many"):
+        jl.multigrid(jl.diffusion_operator(jnp.ones((160, 160))), levels=2)
