@@ -198,6 +198,7 @@ def train_pair(args, make_jax, make_torch, train, tests, label):
     """Same arrays, same batches (one permutation per epoch from a shared seed), Adam
     with the same step-decay schedule, loss = mean relative L2 of decoded outputs."""
     torch = _torch()
+    torch.manual_seed(0)
     (x, y) = train
     xn, yn = Normaliser(x), Normaliser(y)
     xs = xn.encode(x).astype(np.float32)
