@@ -302,8 +302,8 @@ def multigrid(
         from the weights on every level.
     - `pre`, `post`: smoothing steps before and after the coarse correction. Equal
         values make the cycle symmetric (needed by CG).
-    - `omega`: Jacobi damping relative to `2 / lmax` scaled... precisely the step is
-        `omega / lmax` (default `4/3`, the classical smoothing optimum).
+    - `omega`: the damped-Jacobi step is `omega / lmax` times `D^{-1} r` (default
+        `4/3`, the classical smoothing optimum; must lie in `(0, 2)`).
     - `correction`: the over-correction factor scaling the coarse-grid correction;
         values in `(1, 2)` compensate the piecewise-constant interpolation (1 is the
         plain Galerkin correction).
