@@ -57,7 +57,7 @@ class Burgers(AbstractTimeDependentProblem):
     - `dt`: the step (default: the largest with `dt |u| |k| <= 0.4 y_max(dt nu k^2)` on every
         mode (see `check_advective_step`) for `|u| <= 3`, well beyond the range of the default initial data, capped
         at 0.005 and at the save interval / 4; measured errors are in
-        `benchmarks/results/time_stepping.md`).
+        `benchmarks/README.md`).
     - `solver`: a diffrax solver for `SemilinearTerm` (default `ETDRK4()`); an explicit
         one (`diffrax.Tsit5()`) is checked against its diffusive stability limit at
         trace time.
