@@ -16,3 +16,18 @@ def getkey():
         return sub
 
     return _getkey
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop JAX's compiled programs after every test module.
+
+    The whole suite runs in one process and compiles thousands of XLA programs; each
+    keeps memory mappings alive, and the process once crashed inside XLA's compiler
+    (SIGSEGV) near the end of the suite while no test failed on its own, with the
+    mapping count close to the kernel's `vm.max_map_count` (65530). Clearing the
+    caches between modules keeps the process small; tests never rely on a warm
+    cache across modules.
+    """
+    yield
+    jax.clear_caches()
