@@ -11,17 +11,17 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 from ._etd import (
     _EXPLICIT_LIMITS,
     ETDRK4,
+    AbstractSteppedProblem,
     SemilinearTerm,
     integrate,
     is_explicit,
     step_grid,
 )
-from ._problem import AbstractTimeDependentProblem
 from ._random_fields import gaussian_random_field
 from ._spectral import derivative_symbols
 
 
-class Advection(AbstractTimeDependentProblem):
+class Advection(AbstractSteppedProblem):
     """`u_t + c . grad u = 0` on the periodic unit box in 1D or 2D.
 
     Fourier modes evolve as `exp(-i c.k t)`, so `ETDRK4` (whose linear part is exact
@@ -90,10 +90,6 @@ class Advection(AbstractTimeDependentProblem):
     @property
     def grid_shape(self) -> tuple[int, ...]:
         return (self.resolution,) * self.dims
-
-    @property
-    def save_times(self) -> Float[Array, " T"]:
-        return jnp.asarray(step_grid(self.t_final, self.num_saves, self.step)[0])
 
     def sample_parameters(self, key: PRNGKeyArray) -> PyTree[Array]:
         k1, k2 = jr.split(key)

@@ -10,6 +10,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from ._etd import (
     ETDRK4,
+    AbstractSteppedProblem,
     SemilinearTerm,
     check_advective_step,
     check_linear_step,
@@ -17,7 +18,6 @@ from ._etd import (
     stable_step,
     step_grid,
 )
-from ._problem import AbstractTimeDependentProblem
 from ._random_fields import gaussian_random_field
 from ._spectral import dealias_mask, derivative_symbols, wavenumbers
 
@@ -38,7 +38,7 @@ def check_range(value, value_range, name):
     return (lo, hi)
 
 
-class Burgers(AbstractTimeDependentProblem):
+class Burgers(AbstractSteppedProblem):
     """`u_t + (u^2/2)_x = nu u_xx` on the periodic interval `[0, L)` (FNO set-up).
 
     Initial data `u0 ~ N(0, 625 (-Laplace + 25 I)^-2)` (Li et al. 2021), viscosity
@@ -116,10 +116,6 @@ class Burgers(AbstractTimeDependentProblem):
     @property
     def grid_shape(self) -> tuple[int, ...]:
         return (self.resolution,)
-
-    @property
-    def save_times(self) -> Float[Array, " T"]:
-        return jnp.asarray(step_grid(self.t_final, self.num_saves, self.step)[0])
 
     def sample_parameters(self, key: PRNGKeyArray) -> PyTree[Array]:
         k1, k2 = jr.split(key)

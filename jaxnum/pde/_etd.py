@@ -32,6 +32,7 @@ from jax import lax
 from jaxtyping import Array, Float, Inexact
 
 from ..linalg import CG, StencilOperator
+from ._problem import AbstractTimeDependentProblem
 
 
 class SemilinearTerm(diffrax.AbstractTerm):
@@ -489,3 +490,13 @@ def integrate(
             adjoint=adjoint,
         )
     return sol.ys
+
+
+class AbstractSteppedProblem(AbstractTimeDependentProblem):
+    """A time-dependent problem advanced by fixed steps of `step` up to `t_final`,
+    saving `num_saves` states on the step grid of `step_grid`. Subclasses hold
+    `t_final` and `num_saves` and define `step`."""
+
+    @property
+    def save_times(self) -> Float[Array, " T"]:
+        return jnp.asarray(step_grid(self.t_final, self.num_saves, self.step)[0])

@@ -9,6 +9,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from ._etd import (
     ETDRK4,
+    AbstractSteppedProblem,
     SemilinearTerm,
     check_advective_step,
     check_linear_step,
@@ -16,12 +17,11 @@ from ._etd import (
     stable_step,
     step_grid,
 )
-from ._problem import AbstractTimeDependentProblem
 from ._random_fields import gaussian_random_field
 from ._spectral import dealias_mask, derivative_symbols, wavenumbers
 
 
-class KuramotoSivashinsky(AbstractTimeDependentProblem):
+class KuramotoSivashinsky(AbstractSteppedProblem):
     """`u_t + u u_x + u_xx + u_xxxx = 0` on the periodic interval `[0, L)`.
 
     The chaotic 1D benchmark of Kassam and Trefethen (2005), whose ETDRK4 scheme this
@@ -79,10 +79,6 @@ class KuramotoSivashinsky(AbstractTimeDependentProblem):
     @property
     def grid_shape(self) -> tuple[int, ...]:
         return (self.resolution,)
-
-    @property
-    def save_times(self) -> Float[Array, " T"]:
-        return jnp.asarray(step_grid(self.t_final, self.num_saves, self.step)[0])
 
     def sample_parameters(self, key: PRNGKeyArray) -> PyTree[Array]:
         u0 = gaussian_random_field(

@@ -12,6 +12,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 from ._burgers import check_range, sample_log_uniform
 from ._etd import (
     ETDRK4,
+    AbstractSteppedProblem,
     SemilinearTerm,
     check_advective_step,
     check_linear_step,
@@ -19,7 +20,6 @@ from ._etd import (
     stable_step,
     step_grid,
 )
-from ._problem import AbstractTimeDependentProblem
 from ._random_fields import gaussian_random_field
 from ._spectral import (
     dealias_mask,
@@ -56,7 +56,7 @@ def vorticity_nonlinear(shape, forcing_hat=None, dealias: bool = True):
     return nonlinear
 
 
-class NavierStokes2D(AbstractTimeDependentProblem):
+class NavierStokes2D(AbstractSteppedProblem):
     """`w_t + u . grad w = nu Laplace w + f`, `u = (psi_y, -psi_x)`, `-Laplace psi = w`,
     on the periodic unit square (the FNO Navier-Stokes set-up).
 
@@ -124,10 +124,6 @@ class NavierStokes2D(AbstractTimeDependentProblem):
     @property
     def grid_shape(self) -> tuple[int, ...]:
         return (self.resolution, self.resolution)
-
-    @property
-    def save_times(self) -> Float[Array, " T"]:
-        return jnp.asarray(step_grid(self.t_final, self.num_saves, self.step)[0])
 
     def sample_parameters(self, key: PRNGKeyArray) -> PyTree[Array]:
         k1, k2 = jr.split(key)

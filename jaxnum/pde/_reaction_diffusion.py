@@ -13,13 +13,13 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 from ..linalg import StencilOperator, diffusion_operator
 from ._burgers import check_range, sample_log_uniform
 from ._etd import (
+    AbstractSteppedProblem,
     CrankNicolsonHeun,
     SemilinearTerm,
     check_linear_step,
     integrate,
     step_grid,
 )
-from ._problem import AbstractTimeDependentProblem
 from ._random_fields import gaussian_random_field
 
 _BOUNDARIES = ("dirichlet", "periodic")
@@ -34,7 +34,7 @@ def laplacian_operator(shape, boundary: str, diffusivity) -> StencilOperator:
     return StencilOperator(-diffusivity * K.weights, K.periodic, lx.negative_semidefinite_tag)
 
 
-class _ReactionDiffusion(AbstractTimeDependentProblem):
+class _ReactionDiffusion(AbstractSteppedProblem):
     # Shared fields and methods of Heat and FisherKPP (module-private base).
     resolution: int = 64
     dims: int = 2
@@ -59,10 +59,6 @@ class _ReactionDiffusion(AbstractTimeDependentProblem):
     @property
     def grid_shape(self) -> tuple[int, ...]:
         return (self.resolution,) * self.dims
-
-    @property
-    def save_times(self) -> Float[Array, " T"]:
-        return jnp.asarray(step_grid(self.t_final, self.num_saves, self.step)[0])
 
     def inputs(self, params: PyTree[Array]) -> Float[Array, "1 ..."]:
         return params["u0"][None]
