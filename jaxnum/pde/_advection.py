@@ -18,6 +18,7 @@ from ._etd import (
     step_grid,
 )
 from ._random_fields import gaussian_random_field
+from ._scalars import draw_scalar, range_config, ranged_scalars
 from ._spectral import derivative_symbols
 
 
@@ -95,19 +96,14 @@ class Advection(AbstractSteppedProblem):
         k1, k2 = jr.split(key)
         dtype = jnp.result_type(float)
         u0 = gaussian_random_field(k1, self.grid_shape, alpha=self.alpha, tau=self.tau, dtype=dtype)
-        if self.speed_range is None:
-            s = jnp.asarray(1.0, dtype)
-        else:
-            s = jr.uniform(k2, (), dtype, *self.speed_range)
+        s = draw_scalar(k2, 1.0, self.speed_range, dtype, log=False)
         return {"u0": u0, "speed": s}
 
     def inputs(self, params: PyTree[Array]) -> Float[Array, "1 ..."]:
         return params["u0"][None]
 
     def scalar_parameters(self, params: PyTree[Array]) -> Float[Array, " p"]:
-        if self.speed_range is None:
-            return jnp.zeros((0,), params["u0"].dtype)
-        return jnp.reshape(params["speed"], (1,))
+        return ranged_scalars(params, params["u0"].dtype, speed=self.speed_range)
 
     def term(self, speed) -> SemilinearTerm:
         """`-i s c.k` acting on `rfftn` coefficients."""
@@ -131,7 +127,7 @@ class Advection(AbstractSteppedProblem):
             "resolution": self.resolution,
             "dims": self.dims,
             "velocity": list(self._direction),
-            "speed_range": None if self.speed_range is None else list(self.speed_range),
+            "speed_range": range_config(self.speed_range),
             "t_final": self.t_final,
             "num_saves": self.num_saves,
             "dt": self.step,

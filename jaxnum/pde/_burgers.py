@@ -19,23 +19,15 @@ from ._etd import (
     step_grid,
 )
 from ._random_fields import gaussian_random_field
+from ._scalars import (
+    check_range,
+    draw_scalar,
+    largest,
+    range_config,
+    ranged_scalars,
+    smallest,
+)
 from ._spectral import dealias_mask, derivative_symbols, wavenumbers
-
-
-def sample_log_uniform(key, bounds: tuple[float, float], dtype):
-    lo, hi = bounds
-    return jnp.exp(jr.uniform(key, (), dtype, np.log(lo), np.log(hi)))
-
-
-def check_range(value, value_range, name):
-    if value_range is None:
-        if not value > 0:
-            raise ValueError(f"`{name}` must be positive; got {value}.")
-        return None
-    lo, hi = (float(v) for v in value_range)
-    if not 0 < lo < hi:
-        raise ValueError(f"`{name}_range` must be (low, high) with 0 < low < high; got {value_range}.")
-    return (lo, hi)
 
 
 class Burgers(AbstractSteppedProblem):
@@ -92,7 +84,7 @@ class Burgers(AbstractSteppedProblem):
         if self.resolution < 8:
             raise ValueError(f"`resolution` must be at least 8; got {self.resolution}.")
         check_range(self.viscosity, self.viscosity_range, "viscosity")
-        nu_max = self.viscosity if self.viscosity_range is None else max(self.viscosity_range)
+        nu_max = largest(self.viscosity, self.viscosity_range)
         check_linear_step(self.solver, self.step, nu_max * self._kmax**2, "the Burgers diffusion")
 
     @property
@@ -108,7 +100,7 @@ class Burgers(AbstractSteppedProblem):
         if self.dt is not None:
             return float(self.dt)
         kabs, k2 = self._modes()
-        nu_min = self.viscosity if self.viscosity_range is None else min(self.viscosity_range)
+        nu_min = smallest(self.viscosity, self.viscosity_range)
         dt = stable_step(self._u_bound, kabs, nu_min * k2) if isinstance(self.solver, ETDRK4) else (
             1.0 / (self._u_bound * np.max(kabs)))
         return min(dt, 0.005, self.t_final / self.num_saves / 4)
@@ -124,19 +116,14 @@ class Burgers(AbstractSteppedProblem):
             k1, (self.resolution,), alpha=self.alpha, tau=self.tau, scale=self.scale,
             length=self.length, dtype=dtype,
         )
-        if self.viscosity_range is None:
-            nu = jnp.asarray(self.viscosity, dtype)
-        else:
-            nu = sample_log_uniform(k2, self.viscosity_range, dtype)
+        nu = draw_scalar(k2, self.viscosity, self.viscosity_range, dtype)
         return {"u0": u0, "viscosity": nu}
 
     def inputs(self, params: PyTree[Array]) -> Float[Array, "1 n"]:
         return params["u0"][None]
 
     def scalar_parameters(self, params: PyTree[Array]) -> Float[Array, " p"]:
-        if self.viscosity_range is None:
-            return jnp.zeros((0,), params["u0"].dtype)
-        return jnp.reshape(params["viscosity"], (1,))
+        return ranged_scalars(params, params["u0"].dtype, viscosity=self.viscosity_range)
 
     def term(self, viscosity) -> SemilinearTerm:
         """The semi-discrete equation in Fourier space (`rfft` coefficients)."""
@@ -170,7 +157,7 @@ class Burgers(AbstractSteppedProblem):
             "name": self.name,
             "resolution": self.resolution,
             "viscosity": self.viscosity,
-            "viscosity_range": None if self.viscosity_range is None else list(self.viscosity_range),
+            "viscosity_range": range_config(self.viscosity_range),
             "t_final": self.t_final,
             "num_saves": self.num_saves,
             "dt": self.step,

@@ -9,7 +9,6 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
-from ._burgers import check_range, sample_log_uniform
 from ._etd import (
     ETDRK4,
     AbstractSteppedProblem,
@@ -21,6 +20,14 @@ from ._etd import (
     step_grid,
 )
 from ._random_fields import gaussian_random_field
+from ._scalars import (
+    check_range,
+    draw_scalar,
+    largest,
+    range_config,
+    ranged_scalars,
+    smallest,
+)
 from ._spectral import (
     dealias_mask,
     derivative_symbols,
@@ -103,7 +110,7 @@ class NavierStokes2D(AbstractSteppedProblem):
         if self.resolution < 8:
             raise ValueError(f"`resolution` must be at least 8; got {self.resolution}.")
         check_range(self.viscosity, self.viscosity_range, "viscosity")
-        nu_max = self.viscosity if self.viscosity_range is None else max(self.viscosity_range)
+        nu_max = largest(self.viscosity, self.viscosity_range)
         kmax = 2 * np.pi * (self.resolution // 2)
         check_linear_step(self.solver, self.step, 2 * nu_max * kmax**2, "the viscous term")
 
@@ -116,7 +123,7 @@ class NavierStokes2D(AbstractSteppedProblem):
         if self.dt is not None:
             return float(self.dt)
         kabs, k2 = self._modes()
-        nu_min = self.viscosity if self.viscosity_range is None else min(self.viscosity_range)
+        nu_min = smallest(self.viscosity, self.viscosity_range)
         dt = stable_step(2.0, kabs, nu_min * k2) if isinstance(self.solver, ETDRK4) else (
             1.0 / (2.0 * np.max(kabs)))
         return min(dt, 1.0 / 32, self.t_final / self.num_saves / 4)
@@ -131,19 +138,14 @@ class NavierStokes2D(AbstractSteppedProblem):
         w0 = gaussian_random_field(
             k1, self.grid_shape, alpha=2.5, tau=7.0, scale=self.w0_scale, dtype=dtype
         )
-        if self.viscosity_range is None:
-            nu = jnp.asarray(self.viscosity, dtype)
-        else:
-            nu = sample_log_uniform(k2, self.viscosity_range, dtype)
+        nu = draw_scalar(k2, self.viscosity, self.viscosity_range, dtype)
         return {"w0": w0, "viscosity": nu}
 
     def inputs(self, params: PyTree[Array]) -> Float[Array, "1 n n"]:
         return params["w0"][None]
 
     def scalar_parameters(self, params: PyTree[Array]) -> Float[Array, " p"]:
-        if self.viscosity_range is None:
-            return jnp.zeros((0,), params["w0"].dtype)
-        return jnp.reshape(params["viscosity"], (1,))
+        return ranged_scalars(params, params["w0"].dtype, viscosity=self.viscosity_range)
 
     def term(self, viscosity) -> SemilinearTerm:
         """The semi-discrete vorticity equation in Fourier space (`rfft2`)."""
@@ -180,7 +182,7 @@ class NavierStokes2D(AbstractSteppedProblem):
             "name": self.name,
             "resolution": self.resolution,
             "viscosity": self.viscosity,
-            "viscosity_range": None if self.viscosity_range is None else list(self.viscosity_range),
+            "viscosity_range": range_config(self.viscosity_range),
             "t_final": self.t_final,
             "num_saves": self.num_saves,
             "dt": self.step,

@@ -11,7 +11,6 @@ import lineax as lx
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from ..linalg import StencilOperator, diffusion_operator
-from ._burgers import check_range, sample_log_uniform
 from ._etd import (
     AbstractSteppedProblem,
     CrankNicolsonHeun,
@@ -21,6 +20,7 @@ from ._etd import (
     step_grid,
 )
 from ._random_fields import gaussian_random_field
+from ._scalars import check_range, draw_scalar, largest, range_config, ranged_scalars
 
 _BOUNDARIES = ("dirichlet", "periodic")
 
@@ -121,7 +121,7 @@ class Heat(_ReactionDiffusion):
 
     def __check_init__(self):
         check_range(self.diffusivity, self.diffusivity_range, "diffusivity")
-        self._check(self.diffusivity if self.diffusivity_range is None else max(self.diffusivity_range))
+        self._check(largest(self.diffusivity, self.diffusivity_range))
 
     def sample_parameters(self, key: PRNGKeyArray) -> PyTree[Array]:
         k1, k2 = jr.split(key)
@@ -129,16 +129,11 @@ class Heat(_ReactionDiffusion):
         u0 = gaussian_random_field(
             k1, self.grid_shape, alpha=self.alpha, tau=self.tau, boundary=self.boundary, dtype=dtype
         )
-        if self.diffusivity_range is None:
-            D = jnp.asarray(self.diffusivity, dtype)
-        else:
-            D = sample_log_uniform(k2, self.diffusivity_range, dtype)
+        D = draw_scalar(k2, self.diffusivity, self.diffusivity_range, dtype)
         return {"u0": u0, "diffusivity": D}
 
     def scalar_parameters(self, params: PyTree[Array]) -> Float[Array, " p"]:
-        if self.diffusivity_range is None:
-            return jnp.zeros((0,), params["u0"].dtype)
-        return jnp.reshape(params["diffusivity"], (1,))
+        return ranged_scalars(params, params["u0"].dtype, diffusivity=self.diffusivity_range)
 
     def solve(self, params: PyTree[Array]) -> Float[Array, "1 T *grid"]:
         return self._run(params, lambda t, u, args: jnp.zeros_like(u))
@@ -147,7 +142,7 @@ class Heat(_ReactionDiffusion):
         return {
             **self._config(),
             "diffusivity": self.diffusivity,
-            "diffusivity_range": None if self.diffusivity_range is None else list(self.diffusivity_range),
+            "diffusivity_range": range_config(self.diffusivity_range),
             "alpha": self.alpha,
             "tau": self.tau,
         }
@@ -183,7 +178,7 @@ class FisherKPP(_ReactionDiffusion):
     def __check_init__(self):
         check_range(self.diffusivity, self.diffusivity_range, "diffusivity")
         check_range(self.rate, self.rate_range, "rate")
-        self._check(self.diffusivity if self.diffusivity_range is None else max(self.diffusivity_range))
+        self._check(largest(self.diffusivity, self.diffusivity_range))
 
     def sample_parameters(self, key: PRNGKeyArray) -> PyTree[Array]:
         k1, k2, k3 = jr.split(key, 3)
@@ -192,21 +187,14 @@ class FisherKPP(_ReactionDiffusion):
             k1, self.grid_shape, alpha=self.alpha, tau=self.tau, boundary=self.boundary, dtype=dtype
         )
         u0 = jax.nn.sigmoid(4.0 * (g - 1.5))
-        D = (jnp.asarray(self.diffusivity, dtype) if self.diffusivity_range is None
-             else sample_log_uniform(k2, self.diffusivity_range, dtype))
-        r = (jnp.asarray(self.rate, dtype) if self.rate_range is None
-             else sample_log_uniform(k3, self.rate_range, dtype))
+        D = draw_scalar(k2, self.diffusivity, self.diffusivity_range, dtype)
+        r = draw_scalar(k3, self.rate, self.rate_range, dtype)
         return {"u0": u0, "diffusivity": D, "rate": r}
 
     def scalar_parameters(self, params: PyTree[Array]) -> Float[Array, " p"]:
-        out = []
-        if self.diffusivity_range is not None:
-            out.append(params["diffusivity"])
-        if self.rate_range is not None:
-            out.append(params["rate"])
-        if not out:
-            return jnp.zeros((0,), params["u0"].dtype)
-        return jnp.stack(out)
+        return ranged_scalars(
+            params, params["u0"].dtype, diffusivity=self.diffusivity_range, rate=self.rate_range
+        )
 
     def solve(self, params: PyTree[Array]) -> Float[Array, "1 T *grid"]:
         r = params["rate"]
@@ -216,9 +204,9 @@ class FisherKPP(_ReactionDiffusion):
         return {
             **self._config(),
             "diffusivity": self.diffusivity,
-            "diffusivity_range": None if self.diffusivity_range is None else list(self.diffusivity_range),
+            "diffusivity_range": range_config(self.diffusivity_range),
             "rate": self.rate,
-            "rate_range": None if self.rate_range is None else list(self.rate_range),
+            "rate_range": range_config(self.rate_range),
             "alpha": self.alpha,
             "tau": self.tau,
         }

@@ -1,4 +1,4 @@
-"""StableMax: a softmax replacement that does not saturate to exactly 0/1.
+r"""StableMax: a softmax replacement that does not saturate to exactly 0/1.
 
 Prieto, Barsbey, Mediano, Birdal, "Grokking at the Edge of Numerical Stability"
 (2025): with $s(x) = x + 1$ for $x \ge 0$ and $1/(1 - x)$ for $x < 0$,
