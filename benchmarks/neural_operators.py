@@ -203,8 +203,13 @@ def train_pair(args, make_jax, make_torch, train, tests, label):
     xn, yn = Normaliser(x), Normaliser(y)
     xs = xn.encode(x).astype(np.float32)
     steps_per_epoch = len(x) // args.batch
-    sched = optax.exponential_decay(args.lr, args.epochs * steps_per_epoch // 4, 0.5, staircase=True)
-    opt = optax.adam(sched)
+    total = args.epochs * steps_per_epoch
+    if args.schedule == "cosine":
+        sched = optax.cosine_decay_schedule(args.lr, total)
+    else:
+        sched = optax.exponential_decay(args.lr, total // 4, 0.5, staircase=True)
+    # AdamW (decoupled weight decay scaled by the scheduled rate) = torch.optim.AdamW
+    opt = optax.adamw(sched, weight_decay=args.weight_decay)
     model = make_jax()
     state = opt.init(eqx.filter(model, eqx.is_array))
     ystd, ymean = jnp.asarray(yn.std, jnp.float32), jnp.asarray(yn.mean, jnp.float32)
@@ -221,9 +226,13 @@ def train_pair(args, make_jax, make_torch, train, tests, label):
         updates = jax.tree_util.tree_map(lambda u, p: u.astype(p.dtype), updates, params)
         return eqx.apply_updates(m, updates), st, value
 
+    use_torch = "neuralop" in args.sides
     tmodel = make_torch()
-    topt = torch.optim.Adam(tmodel.parameters(), args.lr)
-    tsched = torch.optim.lr_scheduler.StepLR(topt, args.epochs * steps_per_epoch // 4, 0.5)
+    topt = torch.optim.AdamW(tmodel.parameters(), args.lr, weight_decay=args.weight_decay)
+    if args.schedule == "cosine":
+        tsched = torch.optim.lr_scheduler.CosineAnnealingLR(topt, total, eta_min=0.0)
+    else:
+        tsched = torch.optim.lr_scheduler.StepLR(topt, total // 4, 0.5)
     tstd, tmean = torch.from_numpy(yn.std.astype(np.float32)), torch.from_numpy(yn.mean.astype(np.float32))
     rng = np.random.default_rng(0)
     cpu = {"jaxnum": 0.0, "neuralop": 0.0}
@@ -236,6 +245,8 @@ def train_pair(args, make_jax, make_torch, train, tests, label):
             model, state, value = step(model, state, jnp.asarray(xb), jnp.asarray(yb))
             jax.block_until_ready(value)
             cpu["jaxnum"] += time.process_time() - t0
+            if not use_torch:
+                continue
             t0 = time.process_time()
             topt.zero_grad()
             tv = torch.mean(rel_l2_torch(torch, tmodel(torch.from_numpy(xb)) * tstd + tmean, torch.from_numpy(yb)))
@@ -244,21 +255,40 @@ def train_pair(args, make_jax, make_torch, train, tests, label):
             tsched.step()
             cpu["neuralop"] += time.process_time() - t0
         if args.verbose:
-            print(f"[{label}] epoch {epoch + 1}/{args.epochs} loss jaxnum {float(value):.3e} neuralop {float(tv):.3e}",
+            print(f"[{label}] epoch {epoch + 1}/{args.epochs} loss jaxnum {float(value):.3e} "
+                  f"neuralop {tv.item() if use_torch else float('nan'):.3e}", flush=True)
+        if args.eval_every and (epoch + 1) % args.eval_every == 0 and epoch + 1 < args.epochs:
+            first = dict([next(iter(tests.items()))])
+            part = evaluate(torch, model, tmodel if use_torch else None, xn, yn, first)
+            print(json.dumps({"label": label, "partial_epoch": epoch + 1, "train_cpu_s": dict(cpu), **part}),
                   flush=True)
-    result = {"label": label, "epochs": args.epochs, "n_train": len(x), "params_jaxnum": num_parameters(model),
-              "params_neuralop": torch_params(tmodel), "train_cpu_s": cpu}
-    apply = eqx.filter_jit(lambda m, a: jax.vmap(m)(a))
-    for name, (xt, yt) in tests.items():
-        xe = xn.encode(xt).astype(np.float32)
-        pj = np.concatenate([np.asarray(apply(model, jnp.asarray(xe[i:i + 50]))) for i in range(0, len(xe), 50)])
-        pj = pj * yn.std + yn.mean
-        with torch.no_grad():
-            pt = tmodel(torch.from_numpy(xe)).numpy() * yn.std + yn.mean
-        result[f"relL2_jaxnum_{name}"] = float(np.mean(rel_l2_jax(jnp.asarray(pj), jnp.asarray(yt))))
-        result[f"relL2_neuralop_{name}"] = float(np.mean(rel_l2_jax(jnp.asarray(pt), jnp.asarray(yt))))
+    result = {"label": label, "epochs": args.epochs, "schedule": args.schedule, "weight_decay": args.weight_decay,
+              "n_train": len(x), "params_jaxnum": num_parameters(model), "params_neuralop": torch_params(tmodel),
+              "sides": list(args.sides), "train_cpu_s": cpu,
+              **evaluate(torch, model, tmodel if use_torch else None, xn, yn, tests)}
     print(json.dumps(result) if args.json else result, flush=True)
     return result
+
+
+_apply = eqx.filter_jit(lambda m, a: jax.vmap(m)(a))
+
+
+def evaluate(torch, model, tmodel, xn, yn, tests):
+    """Mean relative L2 of both models on every test set (the full test set, in chunks
+    of 50 samples, in float32; errors measured against the float64 truth)."""
+    out = {}
+    for name, (xt, yt) in tests.items():
+        xe = xn.encode(xt).astype(np.float32)
+        pj = np.concatenate([np.asarray(_apply(model, jnp.asarray(xe[i:i + 50]))) for i in range(0, len(xe), 50)])
+        pj = pj * yn.std + yn.mean
+        out[f"relL2_jaxnum_{name}"] = float(np.mean(rel_l2_jax(jnp.asarray(pj), jnp.asarray(yt))))
+        if tmodel is None:
+            continue
+        with torch.no_grad():
+            pt = np.concatenate([tmodel(torch.from_numpy(xe[i:i + 50])).numpy() for i in range(0, len(xe), 50)])
+        pt = pt * yn.std + yn.mean
+        out[f"relL2_neuralop_{name}"] = float(np.mean(rel_l2_jax(jnp.asarray(pt), jnp.asarray(yt))))
+    return out
 
 
 def task_darcy(args):
@@ -270,6 +300,8 @@ def task_darcy(args):
         ("TFNO-tucker", lambda: TFNO(1, 1, (12, 12), 32, key=jr.PRNGKey(0), rank=args.rank, dtype=jnp.float32),
          {"factorization": "tucker", "rank": args.rank}),
     ]:
+        if label.split("-")[0].lower() not in args.models:
+            continue
         out.append(train_pair(args, make_jax, lambda kw=kw: torch_fno(1, 1, (12, 12), 32, **kw), train, tests,
                               f"darcy {label}"))
     return out
@@ -284,9 +316,98 @@ def task_burgers(args):
                        lambda: torch_fno(1, 1, (16,), 64), train256, tests, f"burgers nu={args.viscosity}")]
 
 
+# --- CAPE: parametric Burgers, autoregressive rollouts -----------------------------------
+
+CAPE_TRAIN_RANGES = ((0.01, 0.02), (0.04, 0.1))  # viscosity, log-uniform within each
+CAPE_TEST_RANGE = (0.02, 0.04)  # held out of training (interpolation in log nu)
+
+
+def cape_data(args):
+    """Trajectories `(N, 1, T, n)` of `Burgers(viscosity_range=...)` at 256 points,
+    10 saves over t in (0, 1], and their viscosities; training viscosities from two
+    bands, test viscosities from the band between them."""
+    from jaxnum.pde import Burgers
+
+    def gen(rng, num, seed):
+        path = os.path.join(args.data, f"cape_burgers256_nu{rng[0]}-{rng[1]}_{num}_s{seed}.h5")
+        prob = Burgers(resolution=256, viscosity_range=rng, t_final=1.0, num_saves=10)
+        x, y, nu = _generate(prob, num, path, seed=seed)
+        return np.concatenate([x[:, :, None], y], axis=2), nu
+
+    half = args.cape_train // 2
+    parts = [gen(r, half, 21 + i) for i, r in enumerate(CAPE_TRAIN_RANGES)]
+    train = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+    test = gen(CAPE_TEST_RANGE, args.cape_test, 31)
+    return train, test
+
+
+def task_cape(args):
+    """Plain FNO (teacher forcing), FNO with the curriculum and CAPE-FNO with the
+    curriculum, same one-step FNO, optimiser, schedule, batches and epochs; rollout
+    nRMSE from the initial state over all saves, on held-out viscosities."""
+    from jaxnum.nn import CAPE
+    from jaxnum.train import ArrayDataset, Autoregressive, TanhCurriculum, Trainer
+
+    (traj, nu), (traj_t, nu_t) = cape_data(args)
+    s = args.cape_stride
+    traj, traj_t = traj[..., ::s].astype(np.float32), traj_t[..., ::s].astype(np.float32)
+
+    def pnorm(v):  # log10 nu mapped to [-1, 1] over the whole decade
+        return ((np.log10(v) + 1.5) / 0.5).astype(np.float32).reshape(-1, 1)
+
+    # initial="outputs": each sample's trajectory already starts with u0
+    train = ArrayDataset(traj[:, :, 0], traj, pnorm(nu))
+    test = ArrayDataset(traj_t[:, :, 0], traj_t, pnorm(nu_t))
+    steps = args.epochs * (len(train) // args.batch)
+    opt = optax.adamw(optax.cosine_decay_schedule(args.lr, steps), weight_decay=args.weight_decay)
+    width, modes = args.cape_width, args.cape_modes
+
+    def fno(k):
+        return FNO(1, 1, (modes,), width, key=k, dtype=jnp.float32)
+
+    runs = {
+        "FNO (teacher forcing)": (lambda: fno(jr.PRNGKey(0)), None, False),
+        "FNO + curriculum": (lambda: fno(jr.PRNGKey(0)), TanhCurriculum(), False),
+        "CAPE-FNO + curriculum": (
+            lambda: CAPE(fno(jr.PRNGKey(0)), 1, 1, 1, key=jr.PRNGKey(1), modes=8, dtype=jnp.float32),
+            TanhCurriculum(), True),
+    }
+    out = {"label": "cape burgers", "epochs": args.epochs, "n_train": len(train), "n_test": len(test),
+           "resolution": traj.shape[-1], "saves": traj.shape[2] - 1, "train_ranges": CAPE_TRAIN_RANGES,
+           "test_range": CAPE_TEST_RANGE, "width": width, "modes": modes, "rows": []}
+    for name, (make, curriculum, use_params) in runs.items():
+        if args.cape_runs and name.split(" ")[0] + ("+c" if curriculum else "") not in args.cape_runs:
+            continue
+        objective = Autoregressive(curriculum=curriculum, initial="outputs")
+        trainer = Trainer(opt, objective=objective, epochs=args.epochs, batch_size=args.batch,
+                          use_params=use_params, eval_batch_size=16)
+        t0 = time.process_time()
+        model, _ = trainer.fit(make(), train, key=jr.PRNGKey(0), progress=False,
+                                     eval_data={"test": test}, eval_every=max(1, args.epochs // 4),
+                                     callbacks=[lambda r, m, name=name: args.verbose and print(
+                                         f"[cape {name}] epoch {r['epoch']} loss {r['train_loss']:.3e}"
+                                         f"{' eval ' + json.dumps(r['eval']) if r.get('eval') else ''}",
+                                         flush=True)])
+        cpu = time.process_time() - t0
+        ev = trainer.evaluate(model, test)
+        ev_train = trainer.evaluate(model, ArrayDataset(train.inputs[::8], train.outputs[::8], train.params[::8]))
+        row = {"model": name, "params": num_parameters(model), "train_cpu_s": cpu,
+               "test_nrmse": ev["nrmse"], "test_nrmse_final": ev["nrmse_final"],
+               "train_nrmse": ev_train["nrmse"]}
+        out["rows"].append(row)
+        print(json.dumps(row) if args.json else row, flush=True)
+    rows = {r["model"]: r for r in out["rows"]}
+    if "CAPE-FNO + curriculum" in rows and "FNO (teacher forcing)" in rows:
+        out["gain_vs_plain"] = 1 - rows["CAPE-FNO + curriculum"]["test_nrmse"] / rows["FNO (teacher forcing)"]["test_nrmse"]
+    if "CAPE-FNO + curriculum" in rows and "FNO + curriculum" in rows:
+        out["gain_vs_fno_curriculum"] = 1 - rows["CAPE-FNO + curriculum"]["test_nrmse"] / rows["FNO + curriculum"]["test_nrmse"]
+    print(json.dumps(out) if args.json else out, flush=True)
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", choices=["steptime", "darcy", "burgers"], default="steptime")
+    p.add_argument("--task", choices=["steptime", "darcy", "burgers", "cape"], default="steptime")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--method", default="auto", choices=["auto", "dft", "fft"])
     p.add_argument("--epochs", type=int, default=100)
@@ -296,12 +417,27 @@ def main(argv=None):
     p.add_argument("--n-test", type=int, default=200)
     p.add_argument("--viscosity", type=float, default=0.1)
     p.add_argument("--rank", type=float, default=0.05)
+    p.add_argument("--schedule", choices=["cosine", "step"], default="cosine",
+                   help="learning rate: cosine decay to 0 over the run, or halved every quarter")
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW decoupled weight decay (both sides)")
+    p.add_argument("--models", nargs="+", default=["fno", "tfno"], choices=["fno", "tfno"], help="darcy: which models")
+    p.add_argument("--sides", nargs="+", default=["jaxnum", "neuralop"], choices=["jaxnum", "neuralop"],
+                   help="accuracy tasks: train jaxnum only (the neuraloperator model is still built for its "
+                        "parameter count), or both side by side")
+    p.add_argument("--eval-every", type=int, default=0, help="print test error every this many epochs (0: at the end)")
     p.add_argument("--data", default="/work/data")
+    p.add_argument("--cape-train", type=int, default=256, help="cape: training trajectories (half per band)")
+    p.add_argument("--cape-test", type=int, default=64, help="cape: held-out test trajectories")
+    p.add_argument("--cape-stride", type=int, default=2, help="cape: train/test on every s-th of 256 points")
+    p.add_argument("--cape-width", type=int, default=32)
+    p.add_argument("--cape-modes", type=int, default=12)
+    p.add_argument("--cape-runs", nargs="*", default=[], help="cape: subset of FNO, FNO+c, CAPE-FNO+c")
     p.add_argument("--json", action="store_true")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     os.makedirs(args.data, exist_ok=True)
-    return {"steptime": task_steptime, "darcy": task_darcy, "burgers": task_burgers}[args.task](args)
+    tasks = {"steptime": task_steptime, "darcy": task_darcy, "burgers": task_burgers, "cape": task_cape}
+    return tasks[args.task](args)
 
 
 if __name__ == "__main__":
