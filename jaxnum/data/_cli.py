@@ -26,6 +26,23 @@ def _option(text: str) -> tuple[str, object]:
     return key.strip(), value
 
 
+PRECONDITIONERS = ("default", "none", "multigrid", "multigrid-float32", "jacobi")
+
+
+def _preconditioner(name: str):
+    import functools
+
+    from .. import linalg
+
+    return {
+        "default": "default",
+        "none": None,
+        "multigrid": linalg.multigrid,
+        "multigrid-float32": functools.partial(linalg.multigrid, dtype="float32"),
+        "jacobi": linalg.jacobi,
+    }[name]
+
+
 def add_generate_parser(subparsers) -> argparse.ArgumentParser:
     """Adds the `generate` sub-command to an `argparse` sub-parsers object."""
     parser = subparsers.add_parser(
@@ -33,7 +50,8 @@ def add_generate_parser(subparsers) -> argparse.ArgumentParser:
         help="generate a neural-operator dataset from a catalogue problem into HDF5",
         description=(
             "Samples a problem family and solves every sample: elliptic families as one "
-            "similarity-ordered sequence with Krylov subspace recycling, time-dependent "
+            "similarity-ordered sequence (preconditioned; recycling solvers carry their "
+            "Krylov subspace along it), time-dependent "
             "ones in vmap-ed batches, split across the local devices. Writes an HDF5 "
             "file (layout in docs/data.md). Interrupted runs resume: run the same "
             "command again. An existing file with another configuration is never "
@@ -53,6 +71,11 @@ def add_generate_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--chunk-size", type=_positive_int, default=None, help="samples per stored chunk")
     parser.add_argument("--streams", type=_positive_int, default=None,
                         help="elliptic: independent recycled sub-sequences (default: local devices)")
+    parser.add_argument(
+        "--preconditioner", choices=list(PRECONDITIONERS), default="default",
+        help="elliptic: the preconditioner built for every sample (default: the "
+        "problem's, multigrid-float32 for darcy and poisson)",
+    )
     parser.add_argument("--float32", action="store_true", help="solve in float32 (default float64)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -75,6 +98,7 @@ def run_generate(args) -> int:
         generate(
             problem, args.samples, args.out, seed=args.seed, chunk_size=args.chunk_size,
             streams=args.streams, progress=not args.no_progress,
+            preconditioner=_preconditioner(args.preconditioner),
         )
     except ValueError as e:
         print(f"jaxnum generate: error: {e}", file=sys.stderr)

@@ -1,5 +1,6 @@
 """Dataset generation from `jaxnum.pde` problems, deterministic and resumable."""
 
+import functools
 import json
 import math
 import os
@@ -51,7 +52,36 @@ def sample_key(seed: int, index) -> jax.Array:
     return jr.fold_in(jr.PRNGKey(seed), index)
 
 
-def _config(problem, kind, num_samples, seed, chunk_size, solver, streams) -> dict[str, Any]:
+_DEFAULT = "default"
+
+
+def describe_preconditioner(preconditioner) -> str | None:
+    """A stable text for a preconditioner factory, stored in the configuration:
+    `module.name` for a function, with the bound arguments for a
+    `functools.partial`, else its `repr` (which must not contain a memory address,
+    or resuming could never match)."""
+    if preconditioner is None:
+        return None
+    if isinstance(preconditioner, functools.partial):
+        inner = describe_preconditioner(preconditioner.func)
+        args = [repr(a) for a in preconditioner.args]
+        args += [f"{k}={v!r}" for k, v in sorted(preconditioner.keywords.items())]
+        text = f"{inner}({', '.join(args)})"
+    elif callable(preconditioner) and hasattr(preconditioner, "__qualname__"):
+        text = f"{preconditioner.__module__}.{preconditioner.__qualname__}"
+    else:
+        text = repr(preconditioner)
+    if " at 0x" in text or "<lambda>" in text or "<locals>" in text:
+        raise ValueError(
+            f"The preconditioner {text} cannot be recorded in the dataset's "
+            "configuration (a lambda, a local function or an object whose repr is a "
+            "memory address would never match on resume). Pass a module-level "
+            "function, a functools.partial of one, or an object with a stable repr."
+        )
+    return text
+
+
+def _config(problem, kind, num_samples, seed, chunk_size, solver, streams, preconditioner) -> dict[str, Any]:
     try:
         problem_config = json.loads(json.dumps(problem.config()))
     except TypeError as e:
@@ -68,6 +98,7 @@ def _config(problem, kind, num_samples, seed, chunk_size, solver, streams) -> di
         "seed": seed,
         "chunk_size": chunk_size,
         "solver": None if solver is None else repr(solver),
+        "preconditioner": describe_preconditioner(preconditioner),
         "streams": streams,
         "dtype": str(jnp.dtype(jnp.result_type(float))),
         "jaxnum_version": _version(),
@@ -113,14 +144,19 @@ def generate(
     seed: int = 0,
     chunk_size: int | None = None,
     solver: lx.AbstractLinearSolver | None = None,
+    preconditioner: Callable[[lx.AbstractLinearOperator], lx.AbstractLinearOperator]
+    | str
+    | None = _DEFAULT,
     streams: int | None = None,
     progress: bool = True,
     on_chunk: Callable[[int], None] | None = None,
 ) -> str:
     """Generates `num_samples` samples of a problem family into the HDF5 file `path`.
 
-    Elliptic families are solved as similarity-ordered sequences with Krylov
-    subspace recycling (`jaxnum.linalg.solve_sequence`); time-dependent ones in
+    Elliptic families are solved as similarity-ordered sequences
+    (`jaxnum.linalg.solve_sequence`), with the problem's preconditioner and solver
+    (for Darcy and Poisson: a single-precision multigrid V-cycle inside CG; a
+    recycling solver carries its space along the sequence); time-dependent ones in
     `vmap`-ed batches. Generation is deterministic and resumable: sample `i` has
     parameters drawn from `fold_in(PRNGKey(seed), i)`, the solve order is fixed up
     front from all samples' features, and every finished chunk is stored (with the
@@ -140,8 +176,15 @@ def generate(
         is padded). Default 32 (elliptic) or 16 (time-dependent). Part of the
         configuration: recycling carries a space along a chunk and into the next.
     - `solver`: the linear solver for elliptic problems (default
+        `problem.default_generation_solver()` when the problem has one, else
         `problem.default_solver()`). Recycling solvers (`DeflatedCG`, `GCRODR`) carry
         their space along the sequence; others solve each sample independently.
+    - `preconditioner`: elliptic only: `operator -> preconditioner` built for every
+        sample (e.g. `jaxnum.linalg.multigrid`, `jaxnum.linalg.jacobi`, or a
+        `functools.partial` of one), `None` for none, or `"default"`:
+        `problem.default_preconditioner()` when the problem has one (multigrid for
+        Darcy and Poisson), else none. Part of the configuration (recorded by name),
+        like `solver`: resuming with another one is refused.
     - `streams`: elliptic only: the ordered samples are cut into this many contiguous
         sub-sequences, solved side by side (`vmap`) and split across devices. Default:
         the number of local devices for a new file, the stored value when resuming.
@@ -177,23 +220,44 @@ def generate(
     if kind == "time_dependent":
         if solver is not None:
             raise ValueError("`solver` applies to elliptic problems only.")
+        if preconditioner is not None and preconditioner != _DEFAULT:
+            raise ValueError("`preconditioner` applies to elliptic problems only.")
+        preconditioner = None
         streams = 1
-    elif solver is None:
-        solver = problem.default_solver()
+    else:
+        if solver is None:
+            solver = getattr(problem, "default_generation_solver", problem.default_solver)()
+        if isinstance(preconditioner, str):
+            if preconditioner != _DEFAULT:
+                raise ValueError(
+                    f"`preconditioner` must be a callable `operator -> preconditioner`, "
+                    f"None or 'default'; got {preconditioner!r}."
+                )
+            default = getattr(problem, "default_preconditioner", None)
+            preconditioner = None if default is None else default()
+        if preconditioner is not None and not callable(preconditioner):
+            raise ValueError(
+                "`preconditioner` must be a callable `operator -> preconditioner` (such "
+                f"as jaxnum.linalg.multigrid); got {type(preconditioner).__name__}."
+            )
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise ValueError(f"The folder of {path} does not exist; create it first.")
-    config = _config(problem, kind, num_samples, seed, chunk_size, solver, streams)
+    config = _config(problem, kind, num_samples, seed, chunk_size, solver, streams, preconditioner)
 
     # One generation per target at a time (two would race on the parts and on the
     # final rename). An OS file lock: a killed process releases it.
     with st.target_lock(path):
-        _generate_locked(problem, kind, solver, config, path, streams, progress, on_chunk)
+        _generate_locked(
+            problem, kind, solver, preconditioner, config, path, streams, progress, on_chunk
+        )
     return path
 
 
-def _generate_locked(problem, kind, solver, config, path, streams, progress, on_chunk):
+def _generate_locked(
+    problem, kind, solver, preconditioner, config, path, streams, progress, on_chunk
+):
     # Everything that could refuse the request is checked before any work is done.
     parts = st.parts_dir(path)
     if os.path.exists(path):
@@ -217,7 +281,9 @@ def _generate_locked(problem, kind, solver, config, path, streams, progress, on_
     elif streams is None:
         config["streams"] = min(jax.local_device_count(), config["num_samples"])
     if kind == "elliptic":
-        _generate_elliptic(problem, solver, config, path, parts, manifest, progress, on_chunk)
+        _generate_elliptic(
+            problem, solver, preconditioner, config, path, parts, manifest, progress, on_chunk
+        )
     else:
         _generate_time_dependent(problem, config, path, parts, manifest, progress, on_chunk)
 
@@ -231,9 +297,10 @@ def _sample(problem, key, i):
 _PROGRAMS: dict = {}
 
 
-def _program(name, problem, solver, size, build):
+def _program(name, problem, solver, size, build, preconditioner=None):
     key = (
-        name, type(problem), st.config_json(problem.config()), repr(solver), size,
+        name, type(problem), st.config_json(problem.config()), repr(solver),
+        describe_preconditioner(preconditioner), size,
         jax.local_device_count(), str(jnp.result_type(float)),
     )
     if key not in _PROGRAMS:
@@ -301,12 +368,15 @@ def _final_attrs(problem, config):
         "chunk_size": config["chunk_size"],
         "streams": config["streams"],
         "solver": config["solver"] or "",
+        "preconditioner": config["preconditioner"] or "",
         "dtype": config["dtype"],
         "jaxnum_version": config["jaxnum_version"],
     }
 
 
-def _generate_elliptic(problem, solver, config, path, parts, manifest, progress, on_chunk):
+def _generate_elliptic(
+    problem, solver, preconditioner, config, path, parts, manifest, progress, on_chunk
+):
     N, C, S, seed = config["num_samples"], config["chunk_size"], config["streams"], config["seed"]
     if manifest is None:
         feats = _features(problem, seed, N, C)
@@ -335,7 +405,8 @@ def _generate_elliptic(problem, solver, config, path, parts, manifest, progress,
         rhs = jax.vmap(problem.rhs)(params)
         sol = solve_sequence(
             problem.operator, params, rhs, solver, order="given",
-            recycle=state if recycles else None, throw=False,
+            preconditioner=preconditioner, recycle=state if recycles else None,
+            throw=False,
         )
         new_state = sol.recycle if recycles else state
         arrays = _sample_arrays(
@@ -349,7 +420,10 @@ def _generate_elliptic(problem, solver, config, path, parts, manifest, progress,
         arrays["stats/result"] = sol.result._value
         return new_state, arrays
 
-    step = _program("elliptic", problem, solver, (S, C), lambda: map_over_devices(run_stream, S))
+    step = _program(
+        "elliptic", problem, solver, (S, C), lambda: map_over_devices(run_stream, S),
+        preconditioner,
+    )
     keys = np.broadcast_to(np.asarray(jr.PRNGKey(seed)), (S, *jr.PRNGKey(seed).shape))
     done = st.finished_chunks(parts, config, K)
     start = 0

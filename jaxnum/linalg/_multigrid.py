@@ -101,14 +101,18 @@ def _coarse_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def _restrict(r: Array) -> Array:
-    """`P^T r`: sums over each aggregate."""
-    for a in range(r.ndim):
-        if r.shape[a] > 1:
-            if r.shape[a] % 2:
-                r = _pad_end(r, a)
-            even, odd = _split_pairs(r, a)
-            r = even + odd
-    return r
+    """`P^T r`: sums over each aggregate.
+
+    One reduction over a `(n0/2, 2, n1/2, 2, ...)` view: XLA materialises a
+    reduction's result, whereas element-wise pair sums get fused into every consumer
+    of the coarse right-hand side, which then recomputes the fine residual each time
+    (the coarse smoother reads it several times).
+    """
+    pad = [(0, n % 2 if n > 1 else 0) for n in r.shape]
+    if any(hi for _, hi in pad):
+        r = jnp.pad(r, pad)
+    window = tuple(2 if n > 1 else 1 for n in r.shape)
+    return jax.lax.reduce_window(r, 0.0, jax.lax.add, window, window, "VALID")
 
 
 def _prolong(e: Array, shape: tuple[int, ...]) -> Array:
@@ -172,6 +176,7 @@ class MultigridPreconditioner(lx.AbstractLinearOperator):
     chebyshev_ratio: float = eqx.field(static=True)
     coarse_sweeps: int = eqx.field(static=True)
     tags: frozenset[object] = eqx.field(static=True)
+    io_dtype: object = eqx.field(static=True, default=None)  # the operator's dtype
 
     @property
     def grid_shapes(self) -> tuple[tuple[int, ...], ...]:
@@ -229,12 +234,17 @@ class MultigridPreconditioner(lx.AbstractLinearOperator):
         return self._smooth(level, b, x, self.post)
 
     def mv(self, vector):
-        return self._cycle(0, vector)
+        dtype = self.weights[0].dtype
+        if vector.dtype == dtype:
+            return self._cycle(0, vector)
+        # A cycle in lower precision inside a higher-precision solve: the solver's
+        # recurrences stay in the operator's precision.
+        return self._cycle(0, vector.astype(dtype)).astype(vector.dtype)
 
     def as_matrix(self) -> Float[Array, "n n"]:
         shape = self.grid_shapes[0]
         n = int(np.prod(shape))
-        eye = jnp.eye(n, dtype=self.weights[0].dtype).reshape(n, *shape)
+        eye = jnp.eye(n, dtype=self.in_structure().dtype).reshape(n, *shape)
         return jax.vmap(self.mv)(eye).reshape(n, n).T
 
     def transpose(self):
@@ -246,7 +256,8 @@ class MultigridPreconditioner(lx.AbstractLinearOperator):
         )
 
     def in_structure(self):
-        return jax.ShapeDtypeStruct(self.grid_shapes[0], self.weights[0].dtype)
+        dtype = self.weights[0].dtype if self.io_dtype is None else self.io_dtype
+        return jax.ShapeDtypeStruct(self.grid_shapes[0], dtype)
 
     def out_structure(self):
         return self.in_structure()
@@ -284,6 +295,7 @@ def multigrid(
     coarsest: Literal["direct", "smooth"] = "direct",
     coarse_size: int = 64,
     chebyshev_ratio: float = 4.0,
+    dtype=None,
 ) -> MultigridPreconditioner:
     """An aggregation-multigrid V-cycle approximating `operator^{-1}`.
 
@@ -402,10 +414,18 @@ def multigrid(
     tags = (lx.symmetric_tag,) if symmetric else ()
     if symmetric and spd:
         tags = (lx.symmetric_tag, lx.positive_semidefinite_tag)
+    io_dtype = None
+    if dtype is not None and jnp.dtype(dtype) != operator.weights.dtype:
+        # The hierarchy is built in the operator's precision, then rounded once.
+        io_dtype = operator.weights.dtype
+        cast = lambda xs: tuple(x.astype(dtype) for x in xs)
+        weights, diag, lmax = cast(weights), cast(diag), cast(lmax)
+        if coarse_inverse is not None:
+            coarse_inverse = coarse_inverse.astype(dtype)
     return MultigridPreconditioner(
         weights=tuple(weights),
         diag=tuple(diag),
-        lmax=lmax,
+        lmax=tuple(lmax),
         coarse_inverse=coarse_inverse,
         periodic=periodic,
         smoother=smoother,
@@ -416,4 +436,5 @@ def multigrid(
         chebyshev_ratio=float(chebyshev_ratio),
         coarse_sweeps=2 * max(int(pre), int(post), 1),
         tags=frozenset(tags),
+        io_dtype=io_dtype,
     )
