@@ -221,3 +221,38 @@ def test_gradient_through_a_recycled_sequence(solver):
     g = jax.jit(jax.grad(loss))(theta)
     fd = (loss(theta + 1e-6 * d) - loss(theta - 1e-6 * d)) / 2e-6
     np.testing.assert_allclose(jnp.vdot(g, d), fd, rtol=1e-6)
+
+
+def test_warm_start_on_a_continuous_family():
+    # A one-parameter family a_t = exp(t g): neighbouring solutions are close, so the
+    # minimal-residual combination of the previous solutions is a good start. The
+    # solutions must not change, and the counted products include the warm start's.
+    rng = np.random.default_rng(7)
+    g = jnp.asarray(rng.standard_normal((N_GRID, N_GRID)))
+    ts = jnp.linspace(0.0, 0.3, 10)
+    b = jnp.asarray(rng.standard_normal((N_GRID, N_GRID)))
+
+    def make(t):
+        return _convdiff(t * g)
+
+    counts = {}
+    for solver in (jl.GMRES(rtol=1e-10, atol=0.0, restart=20),
+                   jl.DeflatedCG(rtol=1e-10, atol=0.0, recycle=4)):
+        if isinstance(solver, jl.DeflatedCG):
+            def make(t):
+                return jl.diffusion_operator(jnp.exp(t * g))
+        cold = jl.solve_sequence(make, ts, b, solver, order="given")
+        warm = jl.solve_sequence(make, ts, b, solver, order="given", warm_start=3)
+        for i in range(10):
+            A = np.asarray(make(ts[i]).as_matrix())
+            ref = np.linalg.solve(A, np.asarray(b).ravel())
+            np.testing.assert_allclose(np.asarray(warm.value[i]).ravel(), ref, rtol=1e-7, atol=1e-12)
+        assert np.all(np.asarray(warm.stats["residual"]) <= 1e-10)
+        cold_mv, warm_mv = np.asarray(cold.stats["num_matvecs"]), np.asarray(warm.stats["num_matvecs"])
+        counts[type(solver).__name__] = (cold_mv.sum(), warm_mv.sum())
+        # The first system has nothing to start from; later ones start close.
+        assert warm_mv[0] == cold_mv[0] + 3 + 1
+        assert warm_mv[1:].sum() < 0.8 * cold_mv[1:].sum()
+    assert set(counts) == {"GMRES", "DeflatedCG"}
+    with pytest.raises(ValueError, match="warm_start"):
+        jl.solve_sequence(make, ts, b, jl.GMRES(1e-6, 0.0), warm_start=-1)
