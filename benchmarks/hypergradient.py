@@ -91,7 +91,7 @@ def reference(X, y, Xv, yv, theta):
     return -lam * w * v
 
 
-def configurations(inner, outer, d, unrolled):
+def configurations(inner, outer, d, unrolled, jaxopt_unrolled):
     w0 = jnp.zeros(d)
     psd = frozenset({lx.symmetric_tag, lx.positive_semidefinite_tag})
 
@@ -109,7 +109,8 @@ def configurations(inner, outer, d, unrolled):
                                        throw=False).value
 
     cfg = {
-        "jaxnum LBFGS + ImplicitAdjoint() (CG, default)": jn(),
+        "jaxnum LBFGS + ImplicitAdjoint() (CG + estimated Jacobi, default)": jn(),
+        "jaxnum LBFGS + ImplicitAdjoint(preconditioner=None) (plain CG)": jn(ji.ImplicitAdjoint(preconditioner=None)),
         "JAXopt LBFGS, default implicit diff (normal-CG)": jaxopt_(),
         "JAXopt LBFGS, implicit diff with CG tol 1e-10": jaxopt_(
             implicit_diff_solve=ft.partial(jaxopt.linear_solve.solve_cg, tol=1e-10)),
@@ -119,9 +120,10 @@ def configurations(inner, outer, d, unrolled):
     }
     if unrolled:
         cfg["jaxnum LBFGS + CheckpointedUnroll()"] = jn(ji.CheckpointedUnroll())
-        cfg["JAXopt LBFGS unrolled (maxiter 300)"] = (
-            lambda t: jaxopt.LBFGS(fun=inner, tol=INNER_TOL, maxiter=300, implicit_diff=False,
-                                   unroll=True).run(w0, t).params)
+        if jaxopt_unrolled:
+            cfg["JAXopt LBFGS unrolled (maxiter 300)"] = (
+                lambda t: jaxopt.LBFGS(fun=inner, tol=INNER_TOL, maxiter=300, implicit_diff=False,
+                                       unroll=True).run(w0, t).params)
         cfg["optimistix LBFGS, RecursiveCheckpointAdjoint"] = optx_(optx.RecursiveCheckpointAdjoint(), 2_000)
     return {name: (lambda t, s=s: outer(s(t))) for name, s in cfg.items()}, cfg
 
@@ -144,14 +146,14 @@ def peak_bytes(fn, *args):
         return -1
 
 
-def hypergradient_table(n, d, unrolled, repeats):
+def hypergradient_table(n, d, unrolled, jaxopt_unrolled, repeats, unrolled_repeats):
     X, y, Xv, yv, theta = make_problem(n, d)
     inner, outer = losses(X, y, Xv, yv)
     ref = reference(X, y, Xv, yv, theta)
-    loss_fns, solve_fns = configurations(inner, outer, d, unrolled)
+    loss_fns, solve_fns = configurations(inner, outer, d, unrolled, jaxopt_unrolled)
     rows = []
     for name, loss in loss_fns.items():
-        reps = 1 if ("unroll" in name.lower() or "checkpoint" in name.lower()) and "jaxnum" not in name else repeats
+        reps = unrolled_repeats if "unroll" in name.lower() or "checkpoint" in name.lower() else repeats
         vg = jax.jit(jax.value_and_grad(loss))
         fwd = jax.jit(solve_fns[name])
         _, g = vg(theta)
@@ -209,12 +211,20 @@ def hpo_table(n, d, steps, repeats):
     def outer_(w, t):
         return outer(w)
 
+    deflated = DeflatedCG(rtol=1e-10, atol=0.0, recycle=10)
     loops = {
-        "jaxnum: warm starts + DeflatedCG recycling + inexact schedule": jaxnum_loop(
-            ji.ImplicitAdjoint(linear_solver=DeflatedCG(rtol=1e-10, atol=0.0, recycle=10)), ji.InexactSchedule(), True),
-        "jaxnum: warm starts + recycling, fixed tolerances": jaxnum_loop(
-            ji.ImplicitAdjoint(linear_solver=DeflatedCG(rtol=1e-10, atol=0.0, recycle=10)), None, True),
-        "jaxnum: warm inner only, plain CG adjoint": jaxnum_loop(ji.ImplicitAdjoint(), None, True),
+        "jaxnum: warm starts + DeflatedCG recycling + Jacobi est. + inexact schedule": jaxnum_loop(
+            ji.ImplicitAdjoint(linear_solver=deflated), ji.InexactSchedule(), True),
+        "jaxnum: warm starts + CG + Jacobi est. (default adjoint) + inexact schedule": jaxnum_loop(
+            ji.ImplicitAdjoint(), ji.InexactSchedule(), True),
+        "jaxnum: warm starts + DeflatedCG recycling + Jacobi est., fixed tolerances": jaxnum_loop(
+            ji.ImplicitAdjoint(linear_solver=deflated), None, True),
+        "jaxnum: warm starts + DeflatedCG recycling, no preconditioner, fixed tolerances": jaxnum_loop(
+            ji.ImplicitAdjoint(linear_solver=deflated, preconditioner=None), None, True),
+        "jaxnum: warm starts + CG + Jacobi est. (default adjoint), fixed tolerances": jaxnum_loop(
+            ji.ImplicitAdjoint(), None, True),
+        "jaxnum: warm starts + plain CG, fixed tolerances": jaxnum_loop(
+            ji.ImplicitAdjoint(preconditioner=None), None, True),
         "JAXopt LBFGS (warm), default implicit diff": peer_loop(lambda w, t: jaxopt_default.run(w, t).params),
         "JAXopt LBFGS (warm), CG 1e-10": peer_loop(lambda w, t: jaxopt_cg.run(w, t).params),
         "optimistix LBFGS (warm), ImplicitAdjoint() dense": peer_loop(ox_solve(optx.ImplicitAdjoint())),
@@ -245,6 +255,33 @@ def markdown(hg_rows, hpo_rows):
     return "\n".join(out)
 
 
+def ratios(hg_rows, hpo_rows):
+    """The target ratios, computed from the rows of this run."""
+    out = []
+    ours = "jaxnum LBFGS + ImplicitAdjoint() (CG + estimated Jacobi, default)"
+    for size in dict.fromkeys(r["size"] for r in hg_rows):
+        rows = {r["config"]: r for r in hg_rows if r["size"] == size}
+        me = rows[ours]
+        peers = {k: v for k, v in rows.items() if not k.startswith("jaxnum") and "unroll" not in k.lower()
+                 and "checkpoint" not in k.lower()}
+        best = min(peers, key=lambda k: peers[k]["total_s"])
+        out.append(f"{size}: fastest peer {best}: {peers[best]['total_s'] / me['total_s']:.2f}x slower than jaxnum")
+        ox = "optimistix LBFGS, ImplicitAdjoint() (dense)"
+        out.append(f"{size}: optimistix default / jaxnum = {rows[ox]['total_s'] / me['total_s']:.2f}x")
+        out.append(f"{size}: jaxnum backward / forward = {me['backward_s'] / me['forward_s']:.2f}")
+        for k, v in rows.items():
+            if "unroll" in k.lower() or "checkpoint" in k.lower():
+                out.append(f"{size}: {k} / jaxnum = {v['total_s'] / me['total_s']:.1f}x (backward only: "
+                           f"{v['backward_s'] / max(me['backward_s'], 1e-12):.1f}x)")
+    if hpo_rows:
+        mine = [r for r in hpo_rows if r["loop"].startswith("jaxnum")]
+        peers = [r for r in hpo_rows if not r["loop"].startswith("jaxnum")]
+        best = min(peers, key=lambda r: r["total_s"])
+        for r in mine:
+            out.append(f"HPO: best peer ({best['loop']}) / {r['loop']} = {best['total_s'] / r['total_s']:.2f}x")
+    return "\n".join(out)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
@@ -252,15 +289,19 @@ def main():
     parser.add_argument("--skip-large", action="store_true")
     args = parser.parse_args()
     if args.quick:
-        sizes, hpo, steps, reps = [(200, 20, True)], (200, 20), 10, 1
+        sizes, hpo, steps = [(200, 20, True, True, 1, 1)], (200, 20), 10
     else:
-        sizes = [(1000, 100, True)] + ([] if args.skip_large else [(5000, 1000, False)])
-        hpo, steps, reps = (1000, 100), 100, 15
+        # (n, d, unrolled peers, JAXopt unrolled, repeats, repeats of the unrolled rows).
+        # JAXopt's unroll=True traces all 300 iterations: 14 GB of XLA temporaries at
+        # 1000x100 already, so it is not run at 5000x1000.
+        sizes = [(1000, 100, True, True, 15, 3)] + ([] if args.skip_large else [(5000, 1000, True, False, 7, 3)])
+        hpo, steps = (1000, 100), 100
     hg = []
-    for n, d, unrolled in sizes:
-        hg += hypergradient_table(n, d, unrolled, reps if n * d < 10**6 else 3)
+    for n, d, unrolled, jaxopt_unrolled, reps, unrolled_reps in sizes:
+        hg += hypergradient_table(n, d, unrolled, jaxopt_unrolled, reps, unrolled_reps)
     hp = hpo_table(*hpo, steps, 1 if args.quick else 5)
     print(markdown(hg, hp))
+    print(ratios(hg, hp))
     if args.json:
         print(json.dumps({"hypergradient": hg, "hpo": hp}))
 

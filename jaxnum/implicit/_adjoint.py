@@ -7,8 +7,35 @@ import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import lineax as lx
+from jax.flatten_util import ravel_pytree
 
 from ..linalg import CG, GMRES
+
+
+def estimated_jacobi(operator: lx.AbstractLinearOperator, probes: int) -> lx.DiagonalLinearOperator:
+    """A Jacobi preconditioner `diag(A)^{-1}` for a matrix-free SPD operator, with the
+    diagonal estimated from `probes` Rademacher vectors (Bekas, Kokiopoulou and Saad
+    2007: `diag(A) ~ mean_k v_k * A v_k`, exact for a diagonal `A`).
+
+    The probes are one batched (`vmap`) application of `A`: on a Hessian of the form
+    `X^T D X + diag(lambda)` that is one pass over `X` for all probes. Safeguard: an
+    entry is used only if it is positive by two standard errors of the probe
+    average; other entries take the mean positive estimate (a scaled identity
+    there). The estimate is a constant (`stop_gradient`): it only changes how fast
+    the Krylov solve converges, never the solution it converges to.
+    """
+    example = jtu.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), operator.in_structure())
+    flat, unravel = ravel_pytree(example)
+    signs = jax.random.rademacher(jax.random.key(0), (probes, flat.size), dtype=flat.dtype)
+    products = jax.vmap(lambda v: ravel_pytree(operator.mv(unravel(v)))[0])(signs)
+    samples = jax.lax.stop_gradient(signs * products)
+    est = jnp.mean(samples, axis=0)
+    stderr = jnp.std(samples, axis=0) / jnp.sqrt(max(probes - 1, 1))
+    ok = (est > 2.0 * stderr) & jnp.isfinite(est)
+    count = jnp.maximum(jnp.sum(ok), 1)
+    typical = jnp.where(jnp.any(ok), jnp.sum(jnp.where(ok, est, 0.0)) / count, 1.0)
+    diag = jnp.where(ok, est, typical)
+    return lx.DiagonalLinearOperator(unravel(1.0 / diag))
 
 
 class AbstractAdjoint(eqx.Module):
@@ -43,27 +70,33 @@ class ImplicitAdjoint(AbstractImplicitAdjoint):
     **Arguments:**
 
     - `linear_solver`: any `lineax.AbstractLinearSolver` (default: see above).
-    - `preconditioner`: a lineax operator approximating `A^{-1}`, a function
-        `operator -> lineax operator` (e.g. `jaxnum.linalg.jacobi`), `None`
-        (default), or `"auto"`: the inner solver's own curvature model when a
-        driver provides one (`LBFGS`: its inverse-Hessian approximation, SPD by
-        construction, already built). Measured on logistic regression 3000 x 600 it
-        did not pay: the two-loop recursion's sequential small products cost more
-        on XLA:CPU than the CG iterations it saved (0.045 s vs 0.039 s per
-        hypergradient), hence not the default.
+    - `preconditioner`: `"diagonal"` (default), a lineax operator approximating
+        `A^{-1}`, a function `operator -> lineax operator` (e.g.
+        `jaxnum.linalg.jacobi`), `None` (no preconditioner), or `"auto"`: the inner
+        solver's own curvature model when a driver provides one (`LBFGS`: its
+        inverse-Hessian approximation). `"diagonal"` is a Jacobi preconditioner whose
+        diagonal is estimated from `probes` random sign vectors (one batched
+        application of `A`, see `estimated_jacobi`); it is used on symmetric (CG)
+        solves only, nonsymmetric (GMRES) solves are left unpreconditioned. Measured
+        on logistic regression 5000 x 1000 with one L2 weight per feature: 34 CG
+        iterations without it, 12 with it, for the cost of about two HVPs. `"auto"`
+        did not pay there (34 iterations: ten stored pairs barely change the
+        spectrum) and its two-loop recursion is sequential, hence not the default.
     - `tol`: relative tolerance of the default Krylov solver (true residual). The
         default `1e-10` gives hypergradients accurate to ~1e-8 on well-posed problems
         (JAXopt's default adjoint tolerance gives ~1e-5).
     - `max_steps`: cap on matrix-vector products of the default solver.
+    - `probes`: random sign vectors of the `"diagonal"` preconditioner.
 
     A solve that fails to converge raises inside the transformation (lineax throws
     for tangent and transposed solves): never a silently wrong derivative.
     """
 
     linear_solver: lx.AbstractLinearSolver | None = None
-    preconditioner: Callable | lx.AbstractLinearOperator | str | None = None
+    preconditioner: Callable | lx.AbstractLinearOperator | str | None = "diagonal"
     tol: float = 1e-10
     max_steps: int | None = None
+    probes: int = eqx.field(static=True, default=4)
 
     def solver(self, symmetric: bool) -> lx.AbstractLinearSolver:
         if self.linear_solver is not None:
@@ -75,14 +108,24 @@ class ImplicitAdjoint(AbstractImplicitAdjoint):
     def __check_init__(self):
         if isinstance(self.tol, (int, float)) and not self.tol >= 0:
             raise ValueError(f"ImplicitAdjoint: `tol` must be non-negative, got {self.tol}.")
-        if isinstance(self.preconditioner, str) and self.preconditioner != "auto":
+        if isinstance(self.preconditioner, str) and self.preconditioner not in ("auto", "diagonal"):
             raise ValueError(
                 "ImplicitAdjoint: `preconditioner` must be a lineax operator, a function "
-                f"of the operator, None or 'auto'; got {self.preconditioner!r}."
+                f"of the operator, None, 'diagonal' or 'auto'; got {self.preconditioner!r}."
             )
+        if self.probes < 1:
+            raise ValueError(f"ImplicitAdjoint: `probes` must be at least 1, got {self.probes}.")
 
     def options(self, operator, model=None) -> dict:
         pre = self.preconditioner
+        if isinstance(pre, str) and pre == "diagonal":
+            spd = lx.is_symmetric(operator) and lx.is_positive_semidefinite(operator)
+            real = all(
+                jnp.issubdtype(s.dtype, jnp.floating) for s in jtu.tree_leaves(operator.in_structure())
+            )
+            if not (spd and real):
+                return {}
+            return {"preconditioner": estimated_jacobi(operator, self.probes)}
         if isinstance(pre, str):
             return {} if model is None else {"preconditioner": model}
         if pre is None:
