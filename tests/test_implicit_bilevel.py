@@ -257,12 +257,14 @@ def test_hyperparameter_optimisation_loop():
         return [
             ji.hyperparameter_optimise(
                 outer, inner, ji.LBFGS(rtol=0, atol=1e-10), t, jnp.zeros(d),
-                optimiser=optax.adam(0.1), num_steps=20, adjoint=adjoint, warm_start=warm,
+                optimiser=optax.adam(0.1), num_steps=20, adjoint=adj, warm_start=warm,
             )
-            for warm in (True, False)
+            for adj, warm in ((adjoint, True), (adjoint, False), (None, True))
         ]
 
-    warm, cold = run(jnp.zeros(d))
+    warm, cold, default = run(jnp.zeros(d))
+    # The default adjoint (CG + estimated Jacobi) under the default schedule.
+    np.testing.assert_allclose(default.params, warm.params, rtol=1e-2, atol=1e-3)
     h = warm.history
     assert float(h["outer_loss"][-1]) < float(h["outer_loss"][0]) - 1e-3
     # The inexact schedule tightens tolerances, never loosens them.

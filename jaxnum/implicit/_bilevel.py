@@ -111,7 +111,10 @@ def hyperparameter_optimise(
             adj_obj = adjoint
         else:
             s = _with_tolerance(solver, 0.0, inner_tol)
-            adj_obj = eqx.tree_at(lambda a: a.linear_solver, adjoint, _with_tolerance(lin_solver, adjoint_tol, 0.0))
+            adj_obj = eqx.tree_at(
+                lambda a: a.linear_solver, adjoint, _with_tolerance(lin_solver, adjoint_tol, 0.0),
+                is_leaf=lambda x: x is None,
+            )
         start = y if warm_start else y0
         y_new, _, n_inner, _ = _run(s, problem, start, params, {}, "lax", None)
         adj_in = adj if warm_start else adj0
