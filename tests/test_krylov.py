@@ -126,11 +126,12 @@ def test_gcrodr_recycle_space_invariants_and_benefit():
     assert max(counts[1:]) < counts[0]  # recycling pays on related systems
 
 
-def test_deflated_cg_space_invariants_and_benefit():
+@pytest.mark.parametrize("keep", [None, 8])
+def test_deflated_cg_space_invariants_and_benefit(keep):
     rng = np.random.default_rng(5)
     n = 24
     base = rng.standard_normal((n, n))
-    solver = jl.DeflatedCG(rtol=1e-9, atol=0.0, recycle=8)
+    solver = jl.DeflatedCG(rtol=1e-9, atol=0.0, recycle=8, harvest_keep=keep)
     cg = jl.CG(rtol=1e-9, atol=0.0)
     space = None
     for i in range(4):
@@ -153,6 +154,8 @@ def test_deflated_cg_space_invariants_and_benefit():
             rq = np.sort(np.diag(W.T @ A @ W) / np.diag(W.T @ W))
             np.testing.assert_allclose(rq[:4], ev[:4], rtol=0.05)
             assert int(sol.stats["num_matvecs"]) < 0.85 * int(ref.stats["num_matvecs"])
+    with pytest.raises(ValueError, match="harvest_keep"):
+        jl.DeflatedCG(rtol=1e-9, atol=0.0, recycle=8, harvest_keep=9)
 
 
 @pytest.mark.parametrize("name,make", ALL)

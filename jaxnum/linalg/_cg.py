@@ -38,6 +38,7 @@ class CGOut(NamedTuple):
 def deflated_cg_loop(
     matvec, precond, b, x0, has_x0, *, rtol, atol, max_steps, W=None, AW=None,
     harvest: int = 0, ritz: int = 0, matvecs0=0, harvest_windows: int | None = None,
+    harvest_keep: int | None = None,
 ) -> CGOut:
     """PCG with deflation (Saad, Yeung, Erhel and Guyomarc'h 2000, Algorithm 3.6).
 
@@ -186,7 +187,8 @@ def deflated_cg_loop(
         ab = (ab[0], ab[1], ab[2] + full.astype(jnp.int32))
         return x, r, z, p, rz, mv, it, restarts, conv, broke, checked, V, T, w, ab
 
-    harvest_nev = max(1, min(ritz, (mb - 1) // 2)) if harvest else 0
+    keep = ritz if harvest_keep is None else harvest_keep
+    harvest_nev = max(1, min(keep, (mb - 1) // 2)) if harvest else 0
     zero = jnp.array(0, jnp.int32)
     fzero = jnp.zeros((), dtype)
     conv0 = jnp.linalg.norm(r) <= tol
@@ -276,7 +278,7 @@ class CG(lx.AbstractLinearSolver):
 
 def run_cg(
     solver, operator, vector, options, name, W=None, AW=None, harvest=0, ritz=0, mv0=0,
-    harvest_windows=None,
+    harvest_windows=None, harvest_keep=None,
 ):
     flat = check_square(operator, name)
     preconditioner = get_preconditioner(operator, options, name)
@@ -306,6 +308,7 @@ def run_cg(
         ritz=ritz,
         matvecs0=mv0,
         harvest_windows=harvest_windows,
+        harvest_keep=harvest_keep,
     )
     result = final_result(loop.converged, loop.ok_input, jnp.array(False), ~loop.broke)
     stats = {

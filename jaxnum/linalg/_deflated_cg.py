@@ -65,6 +65,13 @@ class DeflatedCG(lx.AbstractLinearSolver):
         `None`: harvest for the whole solve). Capping saves the restarts'
         `O(n k window)` flops, but the smallest Ritz values converge late in Lanczos:
         on Darcy 128^2 a cap of 4 lost the whole benefit of deflation.
+    - `harvest_keep`: `nev`, the Ritz vectors of the window's tridiagonal kept at
+        each thick restart (eigCG keeps `nev` from `T_m` and `nev` from `T_{m-1}`);
+        default `max(1, k // 2)`. Each restart costs `O(n nev window)` flops and
+        frees `window - 2 nev` slots, so a smaller `nev` makes harvesting much
+        cheaper per CG iteration. Measured on Darcy 128^2 (`k = 20`, 10 systems in
+        similarity order): `nev = 10` cut the CPU time per iteration by 25%
+        (0.45 -> 0.34 ms) for 2% more matrix-vector products than `nev = 20`.
     - `max_steps`: most matrix-vector products (default `10 n`).
     - `adaptive`, `drop_ratio`, `max_backoff`: detect a useless carried space, as in
         `GCRODR`.
@@ -84,6 +91,7 @@ class DeflatedCG(lx.AbstractLinearSolver):
     recycle: int = 20
     harvest: int | None = None
     harvest_windows: int | None = None
+    harvest_keep: int | None = None
     max_steps: int | None = None
     adaptive: bool = True
     drop_ratio: float = 0.95
@@ -94,6 +102,11 @@ class DeflatedCG(lx.AbstractLinearSolver):
         if self.recycle < 1:
             raise ValueError(
                 f"DeflatedCG: `recycle` must be at least 1, got {self.recycle}."
+            )
+        if self.harvest_keep is not None and not 1 <= self.harvest_keep <= self.recycle:
+            raise ValueError(
+                f"DeflatedCG: `harvest_keep` ({self.harvest_keep}) must be between 1 "
+                f"and recycle = {self.recycle}; the default is recycle // 2."
             )
         if self.harvest is not None and self.harvest <= 2 * self.recycle:
             raise ValueError(
@@ -141,6 +154,7 @@ class DeflatedCG(lx.AbstractLinearSolver):
             ritz=k,
             mv0=jnp.where(carried, k, 0),
             harvest_windows=self.harvest_windows,
+            harvest_keep=max(1, k // 2) if self.harvest_keep is None else self.harvest_keep,
         )
         Y = loop.ritz
 
