@@ -129,10 +129,13 @@ def configurations(inner, outer, d, unrolled, jaxopt_unrolled):
     return {name: (lambda t, s=s: outer(s(t))) for name, s in cfg.items()}, cfg
 
 
-def cpu_time(fn, *args, repeats=3):
+def cpu_time(fn, *args, repeats=3, budget=1.0):
+    """Median CPU time of `repeats` calls, or more: short calls are repeated until
+    `budget` CPU seconds are spent (at most 400 calls), so millisecond medians are
+    stable on a loaded machine."""
     jax.block_until_ready(fn(*args))  # compile and warm up
     times = []
-    for _ in range(repeats):
+    while len(times) < repeats or (sum(times) < budget and len(times) < 400):
         t0 = time.process_time()
         jax.block_until_ready(fn(*args))
         times.append(time.process_time() - t0)

@@ -90,7 +90,8 @@ def two_loop(g, S, Y, rho, head, count, gamma, dinv=1.0):
         a = jnp.where(use, rho[i] * jnp.vdot(S[i], q), 0.0)
         return q - a * Y[i], a
 
-    q, a = lax.scan(first, g, jnp.arange(m))
+    # Fully unrolled (m is small and static): no loop overhead per pair on XLA:CPU.
+    q, a = lax.scan(first, g, jnp.arange(m), unroll=True)
     r = gamma * (dinv * q)
 
     def second(r, j):
@@ -100,7 +101,7 @@ def two_loop(g, S, Y, rho, head, count, gamma, dinv=1.0):
         aj = a[count - 1 - j]
         return jnp.where(use, r + S[i] * (aj - b), r), None
 
-    r, _ = lax.scan(second, r, jnp.arange(m))
+    r, _ = lax.scan(second, r, jnp.arange(m), unroll=True)
     return r
 
 
