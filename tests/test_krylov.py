@@ -100,12 +100,13 @@ def test_matvec_count_is_honest(name, make):
         assert int(sol.stats["num_matvecs"]) == counter[0]
 
 
-def test_gcrodr_recycle_space_invariants_and_benefit():
+@pytest.mark.parametrize("every", [1, 3])
+def test_gcrodr_recycle_space_invariants_and_benefit(every):
     rng = np.random.default_rng(4)
     n = 20
     a = np.exp(0.5 * rng.standard_normal((n, n)))
     v = 10 * rng.standard_normal((2, n, n))
-    solver = jl.GCRODR(rtol=1e-9, atol=0.0, restart=30, recycle=10)
+    solver = jl.GCRODR(rtol=1e-9, atol=0.0, restart=30, recycle=10, harvest_every=every)
     space = None
     counts = []
     for i in range(4):
@@ -118,12 +119,16 @@ def test_gcrodr_recycle_space_invariants_and_benefit():
         assert sol.result == lx.RESULTS.successful
         space = sol.stats["recycle"]
         A = np.asarray(op.as_matrix())
+        ref = np.linalg.solve(A, np.asarray(b).ravel())
+        assert np.linalg.norm(np.asarray(sol.value).ravel() - ref) <= 1e-6 * np.linalg.norm(ref)
         U, C = np.asarray(space.basis), np.asarray(space.image)
         # A U = C for the operator just solved, C orthonormal.
         np.testing.assert_allclose(A @ U, C, atol=1e-8 * np.abs(A).max())
         np.testing.assert_allclose(C.T @ C, np.eye(10), atol=1e-10)
         counts.append(int(sol.stats["num_matvecs"]))
     assert max(counts[1:]) < counts[0]  # recycling pays on related systems
+    with pytest.raises(ValueError, match="harvest_every"):
+        jl.GCRODR(rtol=1e-9, atol=0.0, harvest_every=0)
 
 
 @pytest.mark.parametrize("keep", [None, 8])

@@ -123,6 +123,10 @@ class GCRODR(lx.AbstractLinearSolver):
     - `drop_ratio`, `max_backoff`: the adaptive policy's threshold and longest
         back-off.
     - `reorthogonalize`: classical Gram-Schmidt twice (CGS2) instead of once.
+    - `harvest_every`: refresh the recycle space from the harmonic Ritz vectors only
+        every this many cycles (default 1: after every cycle, as in Parks et al.);
+        the cycles in between keep the space fixed (GCRO cycles). Each refresh costs
+        `O(n k m)` flops and a small non-symmetric eigenproblem.
 
     **Options:** `recycle` (a `RecycleSpace`, e.g. the previous solve's
     `stats["recycle"]`; absent means start fresh), `preconditioner` (right), `y0`.
@@ -146,11 +150,16 @@ class GCRODR(lx.AbstractLinearSolver):
     drop_ratio: float = 0.95
     max_backoff: int = 16
     reorthogonalize: bool = False
+    harvest_every: int = 1
 
     def __check_init__(self):
         check_tolerances("GCRODR", self.rtol, self.atol)
         if self.recycle < 1:
             raise ValueError(f"GCRODR: `recycle` must be at least 1, got {self.recycle}.")
+        if self.harvest_every < 1:
+            raise ValueError(
+                f"GCRODR: `harvest_every` must be at least 1, got {self.harvest_every}."
+            )
         if self.recycle >= self.restart:
             raise ValueError(
                 f"GCRODR: `recycle` (k={self.recycle}) must be smaller than `restart` "
@@ -208,6 +217,7 @@ class GCRODR(lx.AbstractLinearSolver):
             harvest=harmonic_ritz_harvest(k),
             matvecs0=jnp.where(carried, k, 0),
             reorthogonalize=self.reorthogonalize,
+            harvest_every=self.harvest_every,
         )
         new_space = RecycleSpace(
             basis=jnp.where(loop.have, loop.U, space.basis),

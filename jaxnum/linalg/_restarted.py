@@ -46,6 +46,7 @@ def restarted_krylov(
     harvest: Harvest | None = None,
     matvecs0=0,
     reorthogonalize: bool = False,
+    harvest_every: int = 1,
 ) -> LoopOut:
     """Right-preconditioned restarted (projected) GMRES, solving `A x = b` with
     `x = x0 + M y`.
@@ -104,7 +105,14 @@ def restarted_krylov(
         x = x + precond(dx)
         mv = mv + cycle.steps
         r_rec = residual_update(r, cycle)
-        if harvest is not None:
+        if harvest is not None and harvest_every > 1:
+            # Refresh the space only every `harvest_every` cycles (and whenever there
+            # is none yet); in between, the cycles are GCRO cycles with a fixed space.
+            due = ~have | (cyc % harvest_every == harvest_every - 1)
+            U, C, have = lax.cond(
+                due, harvest, lambda U, C, have, cycle: (U, C, have), U, C, have, cycle
+            )
+        elif harvest is not None:
             U, C, have = harvest(U, C, have, cycle)
         check = (cycle.estimate <= tol) | (mv >= max_steps) | cycle.breakdown
         r_new, mv = lax.cond(check, true_residual, lambda x, m: (r_rec, m), x, mv)
