@@ -15,7 +15,13 @@ Peers: `lineax.GMRES(restart=40)` / `lineax.CG`, `jax.scipy.sparse.linalg.gmres`
 `cg`, `scipy.sparse.linalg.gmres(restart=40)` / `cg`, scipy's `gcrotmk` with one
 recycle list shared along the sequence, and `scipy.sparse.linalg.spsolve`. jaxnum:
 GMRES(40), GCRO-DR(40, 20) without carrying the space between systems, with it in
-the given order and in similarity order (DeflatedCG for SPD).
+the given order and in similarity order (DeflatedCG for SPD), and, with
+`--warm-start P` (default 4), the similarity-ordered sequence warm-started from the
+previous P solutions (`solve_sequence(warm_start=P)`), both for the recycling solver
+and for plain GMRES(40)/CG, so that the warm start's own share is visible. The "no
+carry" rows stay independent solves from zero. GCRO-DR runs with
+`harvest_every=2` (`--harvest-every`), the same in every GCRO-DR row, "no carry"
+included; DeflatedCG with its default `harvest_keep = k // 2` (`--dcg-keep`).
 
 Times are the process CPU time per system (every side single-threaded, so this is
 the compute each side spent, independent of other load on a shared machine); wall
@@ -272,11 +278,11 @@ def run_case(name, args):
     # jaxnum.
     if symmetric:
         indep = {"jaxnum CG": jl.CG(RTOL, 0.0), "jaxnum DeflatedCG, no carry": None}
-        rec = jl.DeflatedCG(RTOL, 0.0, recycle=args.dcg_recycle)
+        rec = jl.DeflatedCG(RTOL, 0.0, recycle=args.dcg_recycle, harvest_keep=args.dcg_keep)
         rec_name = "DeflatedCG(k=%d)" % args.dcg_recycle
     else:
         indep = {"jaxnum GMRES(40)": jl.GMRES(RTOL, 0.0, restart=M), "jaxnum GCRO-DR(40,20), no carry": None}
-        rec = jl.GCRODR(RTOL, 0.0, restart=M, recycle=K)
+        rec = jl.GCRODR(RTOL, 0.0, restart=M, recycle=K, harvest_every=args.harvest_every)
         rec_name = "GCRO-DR(40,20)"
     sub = take(params, slice(0, P))
     for label, solver in indep.items():
@@ -297,6 +303,23 @@ def run_case(name, args):
         carried = float(np.mean(np.asarray(out.stats["carried"])))
         record(f"jaxnum {rec_name}, {order}", mv, [t], list(out.value[:P]),
                note=f"(all {N}; carried {carried:.0%})", per=N)
+    if args.warm_start:
+        # Warm start along the similarity-ordered sequence (the minimal-residual
+        # combination of the previous solutions), for the recycling solver and, to
+        # show what the warm start alone buys, for the plain solver too.
+        w = args.warm_start
+        plain = jl.CG(RTOL, 0.0) if symmetric else jl.GMRES(RTOL, 0.0, restart=M)
+        plain_name = "CG" if symmetric else "GMRES(40)"
+        for label, solver in ((f"jaxnum {plain_name}", plain), (f"jaxnum {rec_name}", rec)):
+            def fn(q, s=solver):
+                return jl.solve_sequence(make, q, rhs, s, order="similarity", warm_start=w, throw=False)
+            out, t = time_sequence(fn, params)
+            mv = np.asarray(out.stats["num_matvecs"])
+            note = f"(all {N}"
+            if "carried" in out.stats:
+                note += f"; carried {float(np.mean(np.asarray(out.stats['carried']))):.0%}"
+            record(f"{label}, similarity + warm start({w})", mv, [t], list(out.value[:P]),
+                   note=note + ")", per=N)
     return desc, rows
 
 
@@ -315,6 +338,15 @@ def ratios(name, rows):
         out["time jax.scipy gmres / GCRO-DR sim"] = rows["jax.scipy gmres(40)"]["time"] / sim["time"]
         out["time scipy gcrotmk / GCRO-DR sim"] = rows["scipy gcrotmk(m=20,k=20, shared CU)"]["time"] / sim["time"]
         out["time spsolve / GCRO-DR sim"] = rows["scipy spsolve"]["time"] / sim["time"]
+        warm = [k for k in rows if k.startswith("jaxnum GCRO-DR") and "warm start" in k]
+        if warm:
+            sw = rows[warm[0]]
+            gw = rows[next(k for k in rows if k.startswith("jaxnum GMRES(40), similarity + warm"))]
+            out["matvecs GMRES(40) / GCRO-DR sim+warm"] = rows["jaxnum GMRES(40)"]["matvecs"] / sw["matvecs"]
+            out["matvecs no-carry / sim+warm"] = nocarry["matvecs"] / sw["matvecs"]
+            out["matvecs GMRES(40) sim+warm / GCRO-DR sim+warm"] = gw["matvecs"] / sw["matvecs"]
+            out["time lineax GMRES(40) / GCRO-DR sim+warm"] = rows["lineax GMRES(40)"]["time"] / sw["time"]
+            out["time scipy GMRES(40) / GCRO-DR sim+warm"] = rows["scipy gmres(40)"]["time"] / sw["time"]
     else:
         d = rows[[k for k in rows if "DeflatedCG" in k and "similarity" in k][0]]
         out["matvecs CG / DeflatedCG sim"] = rows["jaxnum CG"]["matvecs"] / d["matvecs"]
@@ -322,6 +354,13 @@ def ratios(name, rows):
         out["time lineax CG / DeflatedCG sim"] = rows["lineax CG"]["time"] / d["time"]
         out["time scipy cg / DeflatedCG sim"] = rows["scipy cg"]["time"] / d["time"]
         out["time spsolve / DeflatedCG sim"] = rows["scipy spsolve"]["time"] / d["time"]
+        warm = [k for k in rows if "DeflatedCG" in k and "warm start" in k]
+        if warm:
+            dw = rows[warm[0]]
+            cw = rows[next(k for k in rows if k.startswith("jaxnum CG, similarity + warm"))]
+            out["matvecs CG / DeflatedCG sim+warm"] = rows["jaxnum CG"]["matvecs"] / dw["matvecs"]
+            out["matvecs CG sim+warm / DeflatedCG sim+warm"] = cw["matvecs"] / dw["matvecs"]
+            out["time lineax CG / DeflatedCG sim+warm"] = rows["lineax CG"]["time"] / dw["time"]
     for k, v in out.items():
         print(f"  ratio {k:42s} {v:6.2f}")
     return out
@@ -351,6 +390,9 @@ def main():
     parser.add_argument("--peer-systems", type=int, default=12, help="systems timed for independent solvers")
     parser.add_argument("--count-systems", type=int, default=3, help="systems whose JAX-peer matvecs are counted")
     parser.add_argument("--dcg-recycle", type=int, default=20)
+    parser.add_argument("--harvest-every", type=int, default=2, help="GCRO-DR harvest_every (also for the no-carry rows)")
+    parser.add_argument("--dcg-keep", type=int, default=None, help="DeflatedCG harvest_keep (default: recycle // 2)")
+    parser.add_argument("--warm-start", type=int, default=4, help="previous solutions for the warm-start rows (0: no such rows)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one machine-readable line at the end")
     parser.add_argument("--markdown-from", metavar="LOG", help="render the JSON line of an earlier run's log as Markdown and exit")
