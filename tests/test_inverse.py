@@ -91,6 +91,7 @@ def test_smoothness_prior_is_the_h1_quadratic():
 # --------------------------------------------------------------------- gradients
 
 
+@pytest.mark.slow
 def test_darcy_adjoint_gradient_matches_implicit_and_finite_differences():
     problem, m_true = _darcy_truth(16)
     sensors, obs, sigma = _darcy_data(problem, m_true, 5)
@@ -122,6 +123,7 @@ def test_darcy_adjoint_gradient_matches_implicit_and_finite_differences():
 # --------------------------------------------------------------------- recovery
 
 
+@pytest.mark.slow
 def test_darcy_inversion_recovers_truth_and_recycling_saves_matvecs():
     """32^2 log-normal truth (pointwise std ~0.67), 10x10 sensor lattice (~10% of the
     cells), 1% noise, H1 prior weight 1, 60 L-BFGS steps. Measured: relative L2
@@ -228,6 +230,7 @@ def _tumour_setup(n=16):
     return model, truth, obs
 
 
+@pytest.mark.slow
 def test_tumour_fit_recovers_diffusivity_rate_and_centre():
     """16^2 Fisher-KPP, t = 2, 2% Gaussian noise on every cell (the density reaches 1).
     Measured errors (this seed): 1.9% for D, 0.9% for rho, 2e-4 for the centre

@@ -377,6 +377,7 @@ def test_catalogue_samples_and_interface():
     ],
     ids=["helmholtz", "convection_diffusion"],
 )
+@pytest.mark.slow
 def test_solve_vmap_matches_scipy(prob):
     """The default solver (GCRO-DR) under jit + vmap agrees with a sparse direct solve."""
     params = jax.vmap(prob.sample_parameters)(jr.split(jr.PRNGKey(2), 3))
@@ -393,6 +394,7 @@ def test_solve_vmap_matches_scipy(prob):
     assert np.all(sols.stats["num_matvecs"] > 0)
 
 
+@pytest.mark.slow
 def test_solve_sequence_interface():
     """What `jaxnum.data` does: one recycled, similarity-ordered sequence (Darcy,
     DeflatedCG), against sparse direct solves."""
@@ -460,6 +462,7 @@ def test_gradient_wrt_coefficient_field_and_source():
     np.testing.assert_allclose(np.asarray(g_f).ravel(), ref, rtol=1e-8, atol=1e-14)
 
 
+@pytest.mark.slow
 def test_gradient_wrt_wavenumber_and_boundary_value():
     prob = Helmholtz(10, wavenumber=(6.0, 8.0), rtol=1e-12)
     p = prob.sample_parameters(jr.PRNGKey(9))

@@ -103,6 +103,7 @@ def _scalar_problem():
     return term, ref
 
 
+@pytest.mark.slow
 def test_etdrk4_fourth_order_and_stiffness():
     term, ref = _scalar_problem()
 
@@ -346,6 +347,7 @@ def test_heat_second_order_and_against_exact_solution():
     assert np.abs(out[0] - exact).max() < 3e-3
 
 
+@pytest.mark.slow
 def test_heat_deflated_cg_and_gradients(getkey):
     prob = P.Heat(12, diffusivity=0.1, t_final=0.3, num_saves=1, dt=0.05)
     params = prob.sample_parameters(getkey())
@@ -390,6 +392,7 @@ def test_fisher_kpp_against_scipy(getkey):
     assert float(jnp.sum(out[-1])) > float(jnp.sum(params["u0"]))  # the tumour grows
 
 
+@pytest.mark.slow
 def test_problem_configs_and_float32(getkey):
     problems = [
         P.Heat(8, num_saves=1), P.FisherKPP(8, num_saves=1, diffusivity_range=(1e-3, 1e-2), rate_range=(1.0, 5.0)),

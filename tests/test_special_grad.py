@@ -42,6 +42,7 @@ def test_derivatives_against_mpmath():
         assert err.max() <= tol, (err.max(), t["v"][ok][err.argmax()], t["x"][ok][err.argmax()])
 
 
+@pytest.mark.slow
 def test_order_derivative_nonzero_and_right():
     # TFP's log_bessel_ive returns 0 here; central differences in v at high order
     # resolution must match our custom_jvp.
@@ -65,6 +66,7 @@ def test_known_v_derivative():
     np.testing.assert_allclose(g, np.log(x / 2) - jax.scipy.special.digamma(3.5), rtol=1e-14)
 
 
+@pytest.mark.slow
 def test_ratio_direct_and_derivative():
     v = jnp.array([0.0, 1.0, 10.0, 1e3, 1e3, 0.5])
     x = jnp.array([1e-6, 1e5, 1e5, 1e-3, 1e3, 7.0])
@@ -99,6 +101,7 @@ def test_vmf_mle_roundtrip_and_implicit_grad(d):
     assert jnp.all(jnp.isfinite(vmf_log_normalizer(d, k)))
 
 
+@pytest.mark.slow
 def test_vmf_edges():
     assert vmf_kappa_mle(0.0, 10.0) == 0.0
     assert vmf_kappa_mle(1.0, 10.0) == jnp.inf

@@ -1,3 +1,4 @@
+import pytest
 """Log-space helpers, StableMax and SPD matrix functions."""
 
 import jax
@@ -39,6 +40,7 @@ def test_log_expm1_softplus_inverse_log_cosh():
     np.testing.assert_allclose(jax.grad(log_cosh)(2.0), np.tanh(2.0), rtol=1e-15)
 
 
+@pytest.mark.slow
 def test_stablemax():
     z = jnp.array([[-3.0, 0.0, 2.0], [1e6, 0.0, -1e6]])
     p = stablemax(z)
@@ -60,6 +62,7 @@ def _spd(key, n, repeated=False):
     return (q * lam) @ q.T
 
 
+@pytest.mark.slow
 def test_spd_functions_and_derivatives(getkey):
     a = _spd(getkey(), 4)
     np.testing.assert_allclose(sqrtm_spd(a), scipy.linalg.sqrtm(np.asarray(a)).real, rtol=1e-12)
