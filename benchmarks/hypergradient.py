@@ -275,7 +275,7 @@ def ratios(hg_rows, hpo_rows):
         peers = {k: v for k, v in rows.items() if not k.startswith("jaxnum") and "unroll" not in k.lower()
                  and "checkpoint" not in k.lower()}
         best = min(peers, key=lambda k: peers[k]["total_s"])
-        out.append(f"{size}: fastest peer {best}: {peers[best]['total_s'] / me['total_s']:.2f}x slower than jaxnum")
+        out.append(f"{size}: fastest peer ({best}) total / jaxnum total = {peers[best]['total_s'] / me['total_s']:.2f}x")
         ox = "optimistix LBFGS, ImplicitAdjoint() (dense)"
         out.append(f"{size}: optimistix default / jaxnum = {rows[ox]['total_s'] / me['total_s']:.2f}x")
         out.append(f"{size}: jaxnum backward / forward = {me['backward_s'] / me['forward_s']:.2f}")

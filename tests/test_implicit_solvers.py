@@ -37,6 +37,7 @@ def test_minimisers_match_scipy(solver, name):
     assert sol.result == ji.RESULTS.successful
 
 
+@pytest.mark.slow
 def test_lbfgs_diagonal_scaling_on_badly_scaled_logistic():
     # One L2 weight per feature spread over four decades: the diagonally scaled
     # initial model needs far fewer iterations, same minimiser as scipy's trust-exact.
