@@ -5,10 +5,15 @@ from a Gaussian random field, zero Dirichlet walls; `jaxnum.pde.Darcy`) in 2D at
 and 128^2 and in 3D at 32^3, float64, relative tolerance 1e-8 on the true residual.
 
 - jaxnum: `jaxnum.data.generate(Darcy, N)`, end to end: sampling the coefficients,
-    similarity ordering from their features, the recycled sequence (the problem's
-    default solver, `DeflatedCG` carrying its deflation space along the ordered
-    samples), and writing the HDF5 file. Compilation is excluded by a warm-up
-    generation of two chunks first (the compiled programs are reused).
+    similarity ordering from their features, the solves, and writing the HDF5 file.
+    Rows: the default configuration (`Darcy.default_generation_solver()`, CG, with
+    `Darcy.default_preconditioner()`, a float32 multigrid V-cycle built per sample);
+    `DeflatedCG(k=4)` with the same preconditioner, carrying its deflation space
+    along the ordered samples; the previous default, `DeflatedCG(k=20)` recycled
+    without a preconditioner; optionally (`--cg-row`) plain CG without one.
+    Compilation is excluded by a warm-up generation with another seed first (N
+    samples for the first row, so the ordering program is compiled too; the later
+    rows reuse it and warm up on two chunks).
 - peers, on the first `--peer-samples` samples (the same coefficients): independent
     `lineax.CG` solves (`jit` once, one call per sample, two-norm stopping rule with
     the same `rtol`), `scipy.sparse.linalg.cg` and `gmres(restart=40)` (`rtol`, `atol=0`)
@@ -20,7 +25,7 @@ counts. Times are process CPU time with every side single-threaded (threads pinn
 below), so they are the compute each side spent on a shared box; throughput is
 samples per CPU second.
 
-    python benchmarks/datagen.py --samples 500 --peer-samples 40 --json
+    python benchmarks/datagen.py --samples 500 --peer-samples 50 --json
 """
 
 import os
@@ -75,51 +80,66 @@ def to_csr(operator):
     return sp.csr_matrix((np.asarray(bcoo.data), (idx[:, 0], idx[:, 1])), shape=bcoo.shape)
 
 
+def jaxnum_row(problem, name, tag, label, args, workdir, *, solver=None, preconditioner="default",
+               warm_samples=None, reference=None):
+    """Times `generate` end to end (compilation excluded by a warm-up generation
+    with another seed first); returns the row and the first peer samples' outputs."""
+    N, P, chunk = args.samples, min(args.peer_samples, args.samples), args.chunk_size
+    kw = {"chunk_size": chunk, "progress": False, "solver": solver, "preconditioner": preconditioner}
+    generate(problem, warm_samples or 2 * chunk, os.path.join(workdir, f"{name}-{tag}-warm.h5"),
+             seed=args.seed + 1, **kw)
+    path = os.path.join(workdir, f"{name}-{tag}.h5")
+    with Clock() as c:
+        generate(problem, N, path, seed=args.seed, **kw)
+    with h5py.File(path, "r") as f:
+        outputs = f["outputs"][:P, 0]
+        carried = f["stats/carried"][()] if "stats/carried" in f else None
+        err = 0.0
+        if reference is not None:
+            err = np.max(np.linalg.norm((outputs - reference).reshape(P, -1), axis=1)
+                         / np.linalg.norm(reference.reshape(P, -1), axis=1))
+        row = {
+            "method": f"jaxnum generate ({label})", "samples": N, "cpu_s": c.cpu, "wall_s": c.wall,
+            "matvecs_median": float(np.median(f["stats/num_matvecs"][()])),
+            "max_residual": float(f["stats/residual"][()].max()), "max_error": float(err),
+            "converged": int(np.sum(f["stats/result"][()] == 0)),
+            "note": "" if carried is None else f"{label.split(',')[0]}: carried on {100 * carried.mean():.0f}% of solves",
+            "config": {"solver": f.attrs["solver"], "preconditioner": f.attrs["preconditioner"]},
+        }
+    return row, outputs
+
+
 def run_case(name, args, workdir):
     resolution, ndim = CASES[name]
     problem = Darcy(resolution, ndim)
     rtol = problem.rtol
     N, P = args.samples, min(args.peer_samples, args.samples)
-    chunk = args.chunk_size
-    # Warm-up: compiles the chunk program (and the feature program) once.
-    generate(problem, 2 * chunk, os.path.join(workdir, f"{name}-warm.h5"), seed=args.seed + 1,
-             chunk_size=chunk, progress=False)
-    path = os.path.join(workdir, f"{name}.h5")
-    with Clock() as c:
-        generate(problem, N, path, seed=args.seed, chunk_size=chunk, progress=False)
-    with h5py.File(path, "r") as f:
-        outputs = f["outputs"][:P, 0]
-        matvecs = f["stats/num_matvecs"][()]
-        residual = f["stats/residual"][()]
-        carried = f["stats/carried"][()]
-        result = f["stats/result"][()]
-    rows = [{
-        "method": f"jaxnum generate (DeflatedCG k={problem.default_solver().recycle}, similarity order, recycled)",
-        "samples": N, "cpu_s": c.cpu, "wall_s": c.wall,
-        "matvecs_median": float(np.median(matvecs)), "max_residual": float(residual.max()),
-        "max_error": 0.0, "converged": int(np.sum(result == 0)),
-        "note": f"carried on {100 * carried.mean():.0f}% of solves; includes sampling, ordering, HDF5",
-    }]
-
-    if not args.no_cg_row:
-        # The same machinery with plain CG (nothing carried): what the pipeline costs
-        # around the solver, and what recycling gains or loses against it.
-        cg = jl.CG(rtol=rtol, atol=0.0)
-        generate(problem, 2 * chunk, os.path.join(workdir, f"{name}-warm-cg.h5"), seed=args.seed + 1,
-                 chunk_size=chunk, solver=cg, progress=False)
-        cg_path = os.path.join(workdir, f"{name}-cg.h5")
-        with Clock() as c:
-            generate(problem, N, cg_path, seed=args.seed, chunk_size=chunk, solver=cg, progress=False)
-        with h5py.File(cg_path, "r") as f:
-            err = np.max(np.linalg.norm((f["outputs"][:P, 0] - outputs).reshape(P, -1), axis=1)
-                         / np.linalg.norm(outputs.reshape(P, -1), axis=1))
-            rows.append({
-                "method": "jaxnum generate (jaxnum CG, similarity order, nothing carried)",
-                "samples": N, "cpu_s": c.cpu, "wall_s": c.wall,
-                "matvecs_median": float(np.median(f["stats/num_matvecs"][()])),
-                "max_residual": float(f["stats/residual"][()].max()), "max_error": float(err),
-                "converged": int(np.sum(f["stats/result"][()] == 0)), "note": "",
-            })
+    # Row 1, the default configuration (the problem's default_generation_solver and
+    # default_preconditioner: CG + a float32 multigrid V-cycle). Its warm-up has N
+    # samples, so that the similarity ordering of N samples is compiled outside the
+    # timed run too (the later rows reuse it).
+    first, outputs = jaxnum_row(
+        problem, name, "default", "default: CG + multigrid float32, similarity order, nothing carried",
+        args, workdir, warm_samples=N,
+    )
+    rows = [first]
+    if not args.no_recycled_rows:
+        # Recycling with the preconditioner: a small deflation space carried along.
+        rows.append(jaxnum_row(
+            problem, name, "dcg4-mg", "DeflatedCG k=4 + multigrid float32, similarity order, recycled",
+            args, workdir, solver=jl.DeflatedCG(rtol=rtol, atol=0.0, recycle=4), reference=outputs,
+        )[0])
+        # The previous default: recycling without a preconditioner.
+        k = problem.default_solver().recycle
+        rows.append(jaxnum_row(
+            problem, name, f"dcg{k}", f"DeflatedCG k={k}, no preconditioner, similarity order, recycled",
+            args, workdir, solver=problem.default_solver(), preconditioner=None, reference=outputs,
+        )[0])
+    if args.cg_row:
+        rows.append(jaxnum_row(
+            problem, name, "cg", "CG, no preconditioner, similarity order, nothing carried",
+            args, workdir, solver=jl.CG(rtol=rtol, atol=0.0), preconditioner=None, reference=outputs,
+        )[0])
 
     # The same samples for the peers.
     sample = jax.jit(problem.sample_parameters)
@@ -195,7 +215,10 @@ def main():
     parser.add_argument("--chunk-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
-    parser.add_argument("--no-cg-row", action="store_true", help="skip the jaxnum-with-plain-CG run")
+    parser.add_argument("--no-recycled-rows", action="store_true",
+                        help="skip the two recycled DeflatedCG runs (with and without multigrid)")
+    parser.add_argument("--cg-row", action="store_true",
+                        help="also run generate with plain CG and no preconditioner")
     parser.add_argument("--json", action="store_true", help="print one machine-readable line per case")
     args = parser.parse_args()
     print(f"jax {jax.__version__}, lineax {lx.__version__ if hasattr(lx, '__version__') else '?'}, "

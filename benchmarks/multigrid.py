@@ -9,7 +9,8 @@ Methods, on the same `--samples` coefficient fields, timed on the solve only
 
 - `lineax.CG` (two-norm stopping rule), `jit` once, one call per sample;
 - `jaxnum CG` and `jaxnum CG + multigrid` (the V-cycle built inside the jitted solve
-    from the sample's operator, so its set-up is timed), one call per sample;
+    from the sample's operator, so its set-up is timed), one call per sample; also
+    with the cycle in float32 (`multigrid(op, dtype="float32")`, CG in float64);
 - `jaxnum DeflatedCG + multigrid`: `solve_sequence` over all samples in similarity
     order (recycling the deflation space along the sequence), one jitted call;
 - scipy `cg` and `spsolve` (SuperLU) on the assembled CSR matrices.
@@ -100,11 +101,11 @@ def run_case(name, samples, check, spsolve_samples):
         sol = lx.linear_solve(op, rhs, lx_cg, throw=False)
         return sol.value, sol.stats["num_steps"]
 
-    def jaxnum(precond):
+    def jaxnum(precond, **kw):
         @jax.jit
         def solve(p):
             op, rhs = prob.system(p)
-            opts = {"preconditioner": jl.multigrid(op)} if precond else {}
+            opts = {"preconditioner": jl.multigrid(op, **kw)} if precond else {}
             sol = lx.linear_solve(op, rhs, jl.CG(rtol=RTOL, atol=0.0), options=opts, throw=False)
             return sol.value, sol.stats["num_matvecs"]
         return solve
@@ -112,6 +113,7 @@ def run_case(name, samples, check, spsolve_samples):
     per_sample("lineax CG, independent", lineax_cg)
     per_sample("jaxnum CG, independent", jaxnum(False))
     per_sample("jaxnum CG + multigrid, independent", jaxnum(True))
+    per_sample("jaxnum CG + multigrid float32 cycle, independent", jaxnum(True, dtype="float32"))
 
     make = lambda p: prob.system(p)[0]
     rhs = systems[0][1]

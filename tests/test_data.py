@@ -559,3 +559,94 @@ def test_cli_darcy_end_to_end(tmp_path, capsys):
     assert run_generate(args) == 2
     assert "different configuration" in capsys.readouterr().err
     assert _read_bytes(out) == before
+    # Another preconditioner on the command line is another configuration too.
+    args.seed = 1
+    args.preconditioner = "none"
+    assert run_generate(args) == 2
+    assert "preconditioner" in capsys.readouterr().err
+    assert _read_bytes(out) == before
+    assert read_all(out)[1]["preconditioner"] == "jaxnum.linalg._multigrid.multigrid(dtype='float32')"
+
+
+# --- preconditioners --------------------------------------------------------------------
+
+
+def test_problem_default_preconditioners():
+    from jaxnum.pde import ConvectionDiffusion, Darcy, Helmholtz, Poisson
+
+    for prob in (Darcy(8), Poisson(8)):
+        pc = prob.default_preconditioner()
+        assert pc.func is jl.multigrid and pc.keywords == {"dtype": "float32"}
+        assert isinstance(prob.default_generation_solver(), jl.CG)
+        assert isinstance(prob.default_solver(), jl.DeflatedCG)  # `solve(recycle=...)`
+    assert Helmholtz(8).default_preconditioner() is None
+    assert ConvectionDiffusion(8).default_preconditioner() is jl.multigrid
+    assert ConvectionDiffusion(8, scheme="central").default_preconditioner() is None
+    assert isinstance(Helmholtz(8).default_generation_solver(), jl.GCRODR)
+
+
+def test_describe_preconditioner_and_bad_preconditioners(tmp_path):
+    import functools
+
+    from jaxnum.data._generate import describe_preconditioner
+
+    assert describe_preconditioner(None) is None
+    assert describe_preconditioner(jl.jacobi) == "jaxnum.linalg._precond.jacobi"
+    text = describe_preconditioner(functools.partial(jl.multigrid, dtype="float32", pre=1))
+    assert text == "jaxnum.linalg._multigrid.multigrid(dtype='float32', pre=1)"
+    path = str(tmp_path / "x.h5")
+    with pytest.raises(ValueError, match="cannot be recorded"):
+        generate(ToyDarcy(), 4, path, preconditioner=lambda op: jl.jacobi(op), progress=False)
+    with pytest.raises(ValueError, match="'default'"):
+        generate(ToyDarcy(), 4, path, preconditioner="amg", progress=False)
+    with pytest.raises(ValueError, match="callable"):
+        generate(ToyDarcy(), 4, path, preconditioner=3, progress=False)
+    with pytest.raises(ValueError, match="elliptic problems only"):
+        generate(ToyHeat(), 4, path, preconditioner=jl.jacobi, progress=False)
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_darcy_default_multigrid_resume_and_refusal(tmp_path):
+    import functools
+
+    from jaxnum.pde import Darcy
+
+    problem = Darcy(16)
+    full = str(tmp_path / "full.h5")
+    generate(problem, 6, full, seed=2, chunk_size=3, progress=False)
+    data, attrs = read_all(full)
+    assert attrs["preconditioner"] == "jaxnum.linalg._multigrid.multigrid(dtype='float32')"
+    assert attrs["solver"].startswith("CG(")
+    assert json.loads(attrs["config"])["preconditioner"] == attrs["preconditioner"]
+    assert np.all(data["stats/result"] == 0) and np.all(data["stats/num_matvecs"] <= 20)
+    assert np.all(data["stats/residual"] <= 1.01e-8)
+    for i in (0, 5):
+        p = problem.sample_parameters(sample_key(2, i))
+        u = spla.spsolve(to_scipy(problem.operator(p)).tocsc(), np.asarray(problem.rhs(p)).ravel())
+        np.testing.assert_allclose(data["outputs"][i, 0].ravel(), u, rtol=1e-6, atol=1e-9 * np.abs(u).max())
+
+    # The same preconditioner named explicitly is the same configuration: an
+    # interrupted run resumes to identical data.
+    same = functools.partial(jl.multigrid, dtype="float32")
+    path = str(tmp_path / "resumed.h5")
+
+    def interrupt(t):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        generate(problem, 6, path, seed=2, chunk_size=3, preconditioner=same, progress=False,
+                 on_chunk=interrupt)
+    # Resuming with another preconditioner is refused, the partial run untouched.
+    snapshot = {f: _read_bytes(os.path.join(path + ".parts", f)) for f in os.listdir(path + ".parts")}
+    for other in (None, jl.multigrid, jl.jacobi):
+        with pytest.raises(ValueError, match="preconditioner"):
+            generate(problem, 6, path, seed=2, chunk_size=3, preconditioner=other, progress=False)
+    after = {f: _read_bytes(os.path.join(path + ".parts", f)) for f in os.listdir(path + ".parts")}
+    assert after == snapshot
+    generate(problem, 6, path, seed=2, chunk_size=3, preconditioner=same, progress=False)
+    assert_same_data(full, path)
+    # A complete file is never overwritten by a request with another preconditioner.
+    before = _read_bytes(full)
+    with pytest.raises(ValueError, match="preconditioner"):
+        generate(problem, 6, full, seed=2, chunk_size=3, preconditioner=None, progress=False)
+    assert _read_bytes(full) == before

@@ -209,3 +209,43 @@ def test_bad_input():
         jl.multigrid(op, correction=2.5)
     with pytest.raises(ValueError, match="too many"):
         jl.multigrid(jl.diffusion_operator(jnp.ones((160, 160))), levels=2)
+
+
+@pytest.mark.parametrize("shape", [(7,), (6, 5), (5, 3, 4)])
+def test_restriction_is_the_aggregation_transpose(shape):
+    from jaxnum.linalg._multigrid import _prolong, _restrict
+
+    rng = np.random.default_rng(6)
+    P, coarse = _aggregation_matrix(shape)
+    r = rng.standard_normal(shape)
+    e = rng.standard_normal(coarse)
+    np.testing.assert_allclose(np.asarray(_restrict(jnp.asarray(r))).ravel(), P.T @ r.ravel(), rtol=1e-13)
+    np.testing.assert_allclose(np.asarray(_prolong(jnp.asarray(e), shape)).ravel(), P @ e.ravel(), rtol=1e-13)
+
+
+@jax.jit
+def _pcg_tight(op, b, M):
+    sol = lx.linear_solve(op, b, jl.CG(rtol=1e-11, atol=0.0), options={"preconditioner": M})
+    return sol.value, sol.stats["num_matvecs"]
+
+
+@pytest.mark.parametrize("res,ndim", [(32, 2), (8, 3)])
+def test_float32_cycle_inside_float64_cg(res, ndim):
+    # The cycle runs in float32, CG and the answer stay float64: the same iterations
+    # to a tight tolerance, the same answer.
+    _, _, op, b = _darcy(res, ndim)
+    M64 = jl.multigrid(op)
+    M32 = jl.multigrid(op, dtype="float32")
+    assert M32.weights[0].dtype == jnp.float32
+    assert M32.in_structure().dtype == jnp.float64 == M32.mv(b).dtype
+    assert lx.is_symmetric(M32) and lx.is_positive_semidefinite(M32)
+    y64, y32 = M64.mv(b), M32.mv(b)
+    assert float(jnp.linalg.norm(y32 - y64) / jnp.linalg.norm(y64)) < 1e-5
+    (_, n64), (x32, n32) = _pcg_tight(op, b, M64), _pcg_tight(op, b, M32)
+    assert x32.dtype == jnp.float64
+    assert float(jnp.linalg.norm(b - op.mv(x32)) / jnp.linalg.norm(b)) <= 1.01e-11
+    assert int(n32) <= int(n64) + 1 and int(n32) <= 20
+    exact = spla.spsolve(to_scipy(op).tocsc(), np.asarray(b).ravel())
+    np.testing.assert_allclose(np.asarray(x32).ravel(), exact, rtol=1e-8, atol=1e-12 * np.abs(exact).max())
+    # Same dtype as the operator: nothing to convert.
+    assert jl.multigrid(op, dtype="float64").io_dtype is None

@@ -326,6 +326,14 @@ def multigrid(
     - `coarse_size`: the largest coarsest grid for the default `levels` (and the
         dense inverse is limited to 4096 cells).
     - `chebyshev_ratio`: the smoothed part of the spectrum, `[lmax / ratio, lmax]`.
+    - `dtype`: the precision of the cycle (default: the operator's). With
+        `dtype="float32"` for a float64 operator the hierarchy is built in float64,
+        rounded once, and every application converts its input to float32 and the
+        result back: the preconditioner need only be approximately right, the
+        solver's recurrences, residuals and tolerance stay float64. On XLA:CPU a
+        single-precision cycle is 1.2-1.9x cheaper (whole Darcy solves 4-17%
+        faster, `benchmarks/multigrid.py`), with the same CG iteration counts
+        (tested down to `rtol=1e-11`).
 
     **Returns:** a lineax operator with the grid's input structure, applying one
     V-cycle (linear in its input). Tagged symmetric positive semidefinite when the
