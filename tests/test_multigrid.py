@@ -229,7 +229,7 @@ def _pcg_tight(op, b, M):
     return sol.value, sol.stats["num_matvecs"]
 
 
-@pytest.mark.parametrize("res,ndim", [(32, 2), (8, 3)])
+@pytest.mark.parametrize("res,ndim", [pytest.param(32, 2, marks=pytest.mark.slow), (8, 3)])
 def test_float32_cycle_inside_float64_cg(res, ndim):
     # The cycle runs in float32, CG and the answer stay float64: the same iterations
     # to a tight tolerance, the same answer.
