@@ -1,5 +1,6 @@
 """Neural-operator datasets from `jaxnum.pde` problems: generation (elliptic families
-as similarity-ordered recycled sequences, time-dependent ones in `vmap`-ed batches),
+as similarity-ordered, preconditioned sequences, optionally recycled; time-dependent
+ones in `vmap`-ed batches),
 crash-safe resumable HDF5 storage, sharding across devices, and a batch loader. The
 file layout is documented in `docs/data.md`."""
 
