@@ -226,15 +226,14 @@ def generate(
         streams = 1
     else:
         if solver is None:
-            solver = getattr(problem, "default_generation_solver", problem.default_solver)()
+            solver = problem.default_generation_solver()
         if isinstance(preconditioner, str):
             if preconditioner != _DEFAULT:
                 raise ValueError(
                     f"`preconditioner` must be a callable `operator -> preconditioner`, "
                     f"None or 'default'; got {preconditioner!r}."
                 )
-            default = getattr(problem, "default_preconditioner", None)
-            preconditioner = None if default is None else default()
+            preconditioner = problem.default_preconditioner()
         if preconditioner is not None and not callable(preconditioner):
             raise ValueError(
                 "`preconditioner` must be a callable `operator -> preconditioner` (such "
@@ -314,18 +313,44 @@ def _pad(indices: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([indices, np.full(size - indices.size, indices[-1], indices.dtype)])
 
 
-def _features(problem, seed, num_samples, batch):
+def _sampler(problem, batch):
+    """The one compiled program that draws samples: `(key, indices) -> (params,
+    features)`, `vmap`-ed over `batch` indices. Every sample's parameters come from
+    this program (the feature pass and, on resume, the chunks' re-sampling), so a
+    resumed run solves bit-identical parameters."""
+
     def build():
-        one = lambda key, i: jnp.ravel(problem.features(_sample(problem, key, i)))
+        def one(key, i):
+            params = _sample(problem, key, i)
+            return params, jnp.ravel(problem.features(params))
+
         return jax.jit(jax.vmap(one, in_axes=(None, 0)))
 
-    fn = _program("features", problem, None, batch, build)
+    return _program("sample", problem, None, batch, build)
+
+
+def _draw(problem, seed, indices, batch, keep_params=True):
+    """Parameters (as host arrays, leading axis `len(indices)`, or None when
+    `keep_params` is False) and features of the samples `indices`."""
+    fn = _sampler(problem, batch)
     key = jr.PRNGKey(seed)
-    out = []
-    for start in range(0, num_samples, batch):
-        idx = np.arange(start, min(start + batch, num_samples))
-        out.append(np.asarray(fn(key, jnp.asarray(_pad(idx, batch), jnp.int32)))[: idx.size])
-    return np.concatenate(out, axis=0)
+    params, feats = [], []
+    for start in range(0, indices.size, batch):
+        idx = indices[start : start + batch]
+        p, f = fn(key, jnp.asarray(_pad(idx, batch), jnp.int32))
+        if keep_params:
+            params.append(jtu.tree_map(lambda x, m=idx.size: np.asarray(x)[:m], p))
+        feats.append(np.asarray(f)[: idx.size])
+    if keep_params:
+        params = jtu.tree_map(lambda *xs: np.concatenate(xs, axis=0), *params)
+    else:
+        params = None
+    return params, np.concatenate(feats, axis=0)
+
+
+# Keep every sample's parameters from the feature pass for the solves when they take
+# at most this many bytes (otherwise each chunk draws its own again).
+_KEEP_PARAMS_BYTES = 1 << 30
 
 
 _similarity_order = jax.jit(similarity_order)
@@ -378,8 +403,15 @@ def _generate_elliptic(
     problem, solver, preconditioner, config, path, parts, manifest, progress, on_chunk
 ):
     N, C, S, seed = config["num_samples"], config["chunk_size"], config["streams"], config["seed"]
+    # Every sample is drawn once: the feature pass keeps the parameters for the
+    # solves (a resumed run draws the chunks it still needs with the same program).
+    one = jax.eval_shape(lambda: _sample(problem, jr.PRNGKey(seed), 0))
+    param_bytes = N * sum(x.size * x.dtype.itemsize for x in jtu.tree_leaves(one))
+    all_params = None
     if manifest is None:
-        feats = _features(problem, seed, N, C)
+        all_params, feats = _draw(
+            problem, seed, np.arange(N), C, keep_params=param_bytes <= _KEEP_PARAMS_BYTES
+        )
         order = np.asarray(_similarity_order(jnp.asarray(feats)), np.int64)
         st.write_manifest(parts, config, order)
     else:
@@ -400,8 +432,7 @@ def _generate_elliptic(
     else:
         state0 = np.zeros((S,))
 
-    def run_stream(key, state, idx):
-        params = jax.vmap(lambda i: _sample(problem, key, i))(idx)
+    def run_stream(state, params):
         rhs = jax.vmap(problem.rhs)(params)
         sol = solve_sequence(
             problem.operator, params, rhs, solver, order="given",
@@ -409,12 +440,11 @@ def _generate_elliptic(
             throw=False,
         )
         new_state = sol.recycle if recycles else state
-        arrays = _sample_arrays(
-            params,
-            jax.vmap(problem.inputs)(params),
-            jax.vmap(problem.outputs)(params, sol.value),
-            jax.vmap(problem.scalar_parameters)(params),
-        )
+        arrays = {
+            "inputs": jax.vmap(problem.inputs)(params),
+            "outputs": jax.vmap(problem.outputs)(params, sol.value),
+            "scalars": jax.vmap(problem.scalar_parameters)(params),
+        }
         for name, value in sol.stats.items():
             arrays["stats/" + name] = value
         arrays["stats/result"] = sol.result._value
@@ -424,7 +454,6 @@ def _generate_elliptic(
         "elliptic", problem, solver, (S, C), lambda: map_over_devices(run_stream, S),
         preconditioner,
     )
-    keys = np.broadcast_to(np.asarray(jr.PRNGKey(seed)), (S, *jr.PRNGKey(seed).shape))
     done = st.finished_chunks(parts, config, K)
     start = 0
     while start in done:
@@ -436,12 +465,23 @@ def _generate_elliptic(
     stream_id = np.repeat(np.arange(S), C).reshape(S, C)
     bar = _progress_bar(N, int(valid[:, : start * C].sum()), progress, f"{config['problem']} (elliptic)")
     failed = 0
+    # This run's chunks stay in memory for the assembly when small (same data as the
+    # part files, which are what a resumed run reads).
+    cached: dict[int, dict] = {}
+    keep_chunks = param_bytes <= st._IN_MEMORY_BYTES // 4
     with bar:
         for t in range(start, K):
             idx = slots[:, t * C : (t + 1) * C]
             ok = valid[:, t * C : (t + 1) * C].reshape(-1)
-            state, arrays = step(keys, state, jnp.asarray(idx, jnp.int32))
+            if all_params is not None:
+                params = jtu.tree_map(lambda x, i=idx: x[i], all_params)
+            else:
+                params, _ = _draw(problem, seed, idx.reshape(-1), C)
+                params = jtu.tree_map(lambda x: x.reshape(S, C, *x.shape[1:]), params)
+            state, arrays = step(state, params)
             samples = _flat_samples(arrays, ok)
+            for path_, leaf in jtu.tree_flatten_with_path(params)[0]:
+                samples["params/" + _leaf_name(path_)] = _flat_samples(leaf, ok)
             index = idx.reshape(-1)[ok]
             samples["index"] = index
             samples["stats/solve_position"] = position[index]
@@ -450,6 +490,8 @@ def _generate_elliptic(
             failed += int(np.sum(samples["stats/result"] != 0))
             state = jtu.tree_map(np.asarray, state)
             st.write_chunk(parts, t, samples, jtu.tree_leaves(state), config)
+            if keep_chunks:
+                cached[t] = samples
             bar.update(index.size)
             if on_chunk is not None:
                 on_chunk(t)
@@ -459,7 +501,7 @@ def _generate_elliptic(
             "`stats/result` and `stats/residual` in the file.",
             stacklevel=3,
         )
-    st.assemble(path, parts, K, N, _final_attrs(problem, config), {"order": order})
+    st.assemble(path, parts, K, N, _final_attrs(problem, config), {"order": order}, cached)
 
 
 def _generate_time_dependent(problem, config, path, parts, manifest, progress, on_chunk):

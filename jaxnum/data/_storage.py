@@ -230,6 +230,9 @@ def read_chunk_samples(parts: str, chunk: int) -> dict[str, np.ndarray]:
 
 # --- the final file -----------------------------------------------------------------
 
+# Datasets up to this size are assembled in memory (see `assemble`).
+_IN_MEMORY_BYTES = 1 << 30
+
 
 def assemble(
     path: str,
@@ -238,13 +241,19 @@ def assemble(
     num_samples: int,
     attrs: Mapping[str, Any],
     extra: Mapping[str, np.ndarray],
+    cached: Mapping[int, Mapping[str, np.ndarray]] | None = None,
 ) -> None:
-    """Assembles the finished chunks into `path`, in sample-index order, chunk by
-    chunk (never the whole dataset in memory); then removes the work directory.
+    """Assembles the finished chunks into `path`, in sample-index order; then removes
+    the work directory. A dataset of at most `_IN_MEMORY_BYTES` is put together in
+    memory and written one array at a time (scattered row writes cost more than the
+    solves at small resolutions); a larger one chunk by chunk, never whole in memory.
+    `cached` holds chunks' samples still in memory (the same data as their part
+    files), which are then not read back.
 
     Sample arrays are stored under their names; names with a `/` become groups
     (`params/a`, `stats/residual`).
     """
+    cached = {} if cached is None else cached
     tmp = os.fspath(path) + ".tmp"
     if os.path.exists(tmp):
         os.remove(tmp)  # a previous assembly that was interrupted
@@ -255,24 +264,42 @@ def assemble(
             for name, value in extra.items():
                 _put(f, name, value)
             created = set()
+            buffers: dict[str, np.ndarray] | None = None
             seen = np.zeros(num_samples, bool)
             for chunk in range(num_chunks):
-                samples = read_chunk_samples(parts, chunk)
-                index = samples.pop("index")
+                if chunk in cached:
+                    samples = dict(cached[chunk])
+                else:
+                    samples = read_chunk_samples(parts, chunk)
+                index = np.asarray(samples.pop("index"))
                 sort = np.argsort(index, kind="stable")
                 index = index[sort]
                 if np.any(seen[index]) or np.unique(index).size != index.size:
                     raise RuntimeError(f"Chunk {chunk} repeats samples: the partial dataset is corrupt.")
                 seen[index] = True
-                for name, value in samples.items():
+                if chunk == 0:
+                    total = sum(
+                        num_samples * np.asarray(v)[:1].nbytes for v in samples.values()
+                    )
+                    if total <= _IN_MEMORY_BYTES:
+                        buffers = {}
+                for name in sorted(samples):  # one creation order, cached or read back
+                    value = np.asarray(samples[name])
                     if name not in created:
-                        f.create_dataset(
-                            name, shape=(num_samples, *value.shape[1:]), dtype=value.dtype,
-                            track_times=False,
-                        )
+                        shape = (num_samples, *value.shape[1:])
+                        f.create_dataset(name, shape=shape, dtype=value.dtype, track_times=False)
                         created.add(name)
-                    if value.size:  # (h5py cannot select rows of an empty dataset)
+                        if buffers is not None:
+                            buffers[name] = np.zeros(shape, value.dtype)
+                    if buffers is not None:
+                        buffers[name][index] = value[sort]
+                    elif value.size:  # (h5py cannot select rows of an empty dataset)
                         f[name][index] = value[sort]
+            if buffers is not None:
+                for name, value in buffers.items():
+                    if value.size:
+                        f[name][...] = value
+                del buffers
             if not np.all(seen):
                 raise RuntimeError(
                     f"{int(np.sum(~seen))} samples are missing from the partial dataset."

@@ -10,7 +10,6 @@ implicit rule), as cheap as one more solve.
 
 import abc
 import functools
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import equinox as eqx
@@ -148,18 +147,6 @@ class AbstractFiniteVolumeProblem(AbstractEllipticProblem):
                 )
             options["recycle"] = recycle
         return lx.linear_solve(operator, b, solver, options=options, throw=throw)
-
-    def default_preconditioner(
-        self,
-    ) -> Callable[[lx.AbstractLinearOperator], lx.AbstractLinearOperator] | None:
-        """The preconditioner `jaxnum.data.generate` builds for every sample
-        (`operator -> preconditioner`), or `None`. Default `None`."""
-        return None
-
-    def default_generation_solver(self) -> lx.AbstractLinearSolver:
-        """The solver `jaxnum.data.generate` uses with `default_preconditioner()`:
-        `default_solver()` unless a subclass knows better."""
-        return self.default_solver()
 
     def _base_config(self) -> dict[str, Any]:
         return {

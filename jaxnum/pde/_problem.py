@@ -17,6 +17,7 @@ Every method works on one unbatched sample and is `jit`/`vmap`/`grad` safe.
 """
 
 import abc
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import equinox as eqx
@@ -46,7 +47,7 @@ class AbstractProblem(eqx.Module):
         condition, scalar constants...), drawn from the problem's distribution."""
 
     @abc.abstractmethod
-    def inputs(self, params: PyTree[Array]) -> Float[Array, "c_in *grid"]:
+    def inputs(self, params: PyTree[Array]) -> Float[Array, "c_in *grid"]:  # noqa: F821
         """What a neural operator receives for this sample, `(channels, *grid)`."""
 
     @abc.abstractmethod
@@ -84,8 +85,35 @@ class AbstractEllipticProblem(AbstractProblem):
         otherwise)."""
 
     @abc.abstractmethod
-    def outputs(self, params: PyTree[Array], u: Float[Array, "*grid"]) -> Float[Array, "c_out *grid"]:
+    def outputs(self, params: PyTree[Array], u: Float[Array, "*grid"]) -> Float[Array, "c_out *grid"]:  # noqa: F821
         """The target a neural operator learns, from the solution `u`."""
+
+    def default_preconditioner(
+        self,
+    ) -> Callable[[lx.AbstractLinearOperator], lx.AbstractLinearOperator] | None:
+        """The preconditioner factory `operator -> preconditioner` that
+        `jaxnum.data.generate` (with `preconditioner="default"`) builds for every
+        sample, or `None` for none. Default `None`; override it when the operator has
+        a good one (Darcy and Poisson return a single-precision multigrid V-cycle).
+
+        **Returns:** a callable (a module-level function or a `functools.partial` of
+        one, so it can be recorded in a dataset's configuration) or `None`.
+
+        **Derivatives:** a preconditioner changes only how fast the solve converges,
+        not the answer or its adjoint.
+        """
+        return None
+
+    def default_generation_solver(self) -> lx.AbstractLinearSolver:
+        """The linear solver `jaxnum.data.generate` uses (with
+        `default_preconditioner()`) when none is given. Default `default_solver()`;
+        override it when another solver is faster together with the preconditioner
+        (Darcy and Poisson: plain CG, as a recycled space no longer saves iterations
+        once the V-cycle is applied).
+
+        **Returns:** a lineax solver.
+        """
+        return self.default_solver()
 
 
 class AbstractTimeDependentProblem(AbstractProblem):
