@@ -583,6 +583,34 @@ def test_problem_default_preconditioners():
     assert ConvectionDiffusion(8).default_preconditioner() is jl.multigrid
     assert ConvectionDiffusion(8, scheme="central").default_preconditioner() is None
     assert isinstance(Helmholtz(8).default_generation_solver(), jl.GCRODR)
+    # The base class's defaults (a problem that defines neither): no preconditioner,
+    # its default solver.
+    assert ToyDarcy().default_preconditioner() is None
+    assert isinstance(ToyDarcy().default_generation_solver(), jl.DeflatedCG)
+
+
+def test_large_dataset_paths_match(tmp_path, monkeypatch):
+    """Above the memory thresholds, each chunk draws its samples again and the file is
+    assembled chunk by chunk (scattered row writes); the data are those of the
+    in-memory path (the HDF5 layout may differ: which path is taken depends only on
+    the configuration, so a resumed run still matches an uninterrupted one byte for
+    byte), and every sample's parameters are those of
+    `sample_parameters(sample_key(seed, i))`."""
+    import jaxnum.data._generate as gen
+    import jaxnum.data._storage as stg
+
+    small = str(tmp_path / "small.h5")
+    generate(ToyDarcy(), 10, small, seed=5, chunk_size=4, progress=False)
+    monkeypatch.setattr(gen, "_KEEP_PARAMS_BYTES", 0)
+    monkeypatch.setattr(stg, "_IN_MEMORY_BYTES", 0)
+    large = str(tmp_path / "large.h5")
+    generate(ToyDarcy(), 10, large, seed=5, chunk_size=4, progress=False)
+    assert_same_data(small, large)
+    with h5py.File(large) as f:
+        theta = np.asarray(f["params/theta"])
+    for i in (0, 3, 9):
+        expected = ToyDarcy().sample_parameters(sample_key(5, i))["theta"]
+        np.testing.assert_allclose(theta[i], expected, rtol=1e-14, atol=1e-15)
 
 
 def test_describe_preconditioner_and_bad_preconditioners(tmp_path):
