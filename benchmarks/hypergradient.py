@@ -109,8 +109,10 @@ def configurations(inner, outer, d, unrolled, jaxopt_unrolled):
                                        throw=False).value
 
     cfg = {
-        "jaxnum LBFGS + ImplicitAdjoint() (CG + estimated Jacobi, default)": jn(),
+        "jaxnum LBFGS + ImplicitAdjoint() (default: plain CG below 300 unknowns, estimated Jacobi from 300)": jn(),
         "jaxnum LBFGS + ImplicitAdjoint(preconditioner=None) (plain CG)": jn(ji.ImplicitAdjoint(preconditioner=None)),
+        "jaxnum LBFGS + ImplicitAdjoint(preconditioner='diagonal') (estimated Jacobi, forced)": jn(
+            ji.ImplicitAdjoint(preconditioner="diagonal")),
         "jaxnum LBFGS(diagonal=True) + ImplicitAdjoint() (opt-in scaled L-BFGS)": jn(diagonal=True),
         "JAXopt LBFGS, default implicit diff (normal-CG)": jaxopt_(),
         "JAXopt LBFGS, implicit diff with CG tol 1e-10": jaxopt_(
@@ -221,19 +223,19 @@ def hpo_table(n, d, steps, repeats):
 
     deflated = DeflatedCG(rtol=1e-10, atol=0.0, recycle=10)
     loops = {
-        "jaxnum: warm starts + DeflatedCG recycling + Jacobi est. + inexact schedule": jaxnum_loop(
+        "jaxnum: warm starts + DeflatedCG recycling (no preconditioner at d=100) + inexact schedule": jaxnum_loop(
             ji.ImplicitAdjoint(linear_solver=deflated), ji.InexactSchedule(), True),
-        "jaxnum: warm starts + CG + Jacobi est. (default adjoint) + inexact schedule": jaxnum_loop(
+        "jaxnum: warm starts + default adjoint (plain CG at d=100) + inexact schedule": jaxnum_loop(
             ji.ImplicitAdjoint(), ji.InexactSchedule(), True),
-        "jaxnum: warm starts + DeflatedCG recycling + Jacobi est., fixed tolerances": jaxnum_loop(
-            ji.ImplicitAdjoint(linear_solver=deflated), None, True),
+        "jaxnum: warm starts + DeflatedCG recycling + Jacobi est. (forced), fixed tolerances": jaxnum_loop(
+            ji.ImplicitAdjoint(linear_solver=deflated, preconditioner="diagonal"), None, True),
         "jaxnum: warm starts + DeflatedCG recycling, no preconditioner, fixed tolerances": jaxnum_loop(
             ji.ImplicitAdjoint(linear_solver=deflated, preconditioner=None), None, True),
-        "jaxnum: warm starts + CG + Jacobi est. (default adjoint), fixed tolerances": jaxnum_loop(
+        "jaxnum: warm starts + default adjoint (plain CG at d=100), fixed tolerances": jaxnum_loop(
             ji.ImplicitAdjoint(), None, True),
-        "jaxnum: warm starts + plain CG, fixed tolerances": jaxnum_loop(
-            ji.ImplicitAdjoint(preconditioner=None), None, True),
-        "jaxnum: LBFGS(diagonal=True), warm starts + CG + Jacobi est., fixed tolerances": jaxnum_loop(
+        "jaxnum: warm starts + CG + Jacobi est. (forced), fixed tolerances": jaxnum_loop(
+            ji.ImplicitAdjoint(preconditioner="diagonal"), None, True),
+        "jaxnum: LBFGS(diagonal=True), warm starts + default adjoint, fixed tolerances": jaxnum_loop(
             ji.ImplicitAdjoint(), None, True, diagonal=True),
         "JAXopt LBFGS (warm), default implicit diff": peer_loop(lambda w, t: jaxopt_default.run(w, t).params),
         "JAXopt LBFGS (warm), CG 1e-10": peer_loop(lambda w, t: jaxopt_cg.run(w, t).params),
@@ -268,7 +270,7 @@ def markdown(hg_rows, hpo_rows):
 def ratios(hg_rows, hpo_rows):
     """The target ratios, computed from the rows of this run."""
     out = []
-    ours = "jaxnum LBFGS + ImplicitAdjoint() (CG + estimated Jacobi, default)"
+    ours = "jaxnum LBFGS + ImplicitAdjoint() (default: plain CG below 300 unknowns, estimated Jacobi from 300)"
     for size in dict.fromkeys(r["size"] for r in hg_rows):
         rows = {r["config"]: r for r in hg_rows if r["size"] == size}
         me = rows[ours]

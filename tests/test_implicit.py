@@ -183,6 +183,20 @@ def test_nonconvergence_result_and_throw():
         jax.block_until_ready(
             ji.minimise(f, ji.GradientDescent(rtol=0, atol=1e-14, max_steps=3), jnp.zeros(2), 0.7).value
         )
+    # The single check also guards jitted gradients, the stats alone, and the
+    # unrolled adjoints.
+    short = ji.GradientDescent(rtol=0, atol=1e-14, max_steps=3)
+
+    def outer(a, adjoint=None):
+        return jnp.sum(ji.minimise(f, short, jnp.zeros(2), a, adjoint=adjoint).value ** 2)
+
+    for fn in (
+        jax.jit(jax.grad(outer)),
+        jax.jit(jax.grad(lambda a: outer(a, ji.CheckpointedUnroll()))),
+        jax.jit(lambda a: ji.minimise(f, short, jnp.zeros(2), a).stats["num_steps"]),
+    ):
+        with pytest.raises(Exception, match="max_steps"):
+            jax.block_until_ready(fn(0.7))
 
 
 def test_bad_hyperparameters_rejected():

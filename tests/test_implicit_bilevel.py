@@ -107,7 +107,19 @@ def test_estimated_jacobi_preconditioner():
     assert bool(jnp.all(jnp.isfinite(preB.diagonal)) & jnp.all(preB.diagonal > 0))
     solB = lx.linear_solve(opB, b, CG(rtol=1e-10, atol=0.0), options={"preconditioner": preB})
     np.testing.assert_allclose(solB.value, np.linalg.solve(np.asarray(B), np.asarray(b)), rtol=1e-7)
-    # The default adjoint (estimated Jacobi) and no preconditioner: same hypergradient.
+    # The default is size-aware: plain CG below `diagonal_min_size` unknowns, the
+    # estimated Jacobi from there on (decided from the static size).
+    small = lx.MatrixLinearOperator(jnp.eye(5), spd)
+    large = lx.DiagonalLinearOperator(jnp.ones(ji.ImplicitAdjoint().diagonal_min_size))
+    large = lx.TaggedLinearOperator(large, spd)
+    assert ji.ImplicitAdjoint().options(small) == {}
+    assert "preconditioner" in ji.ImplicitAdjoint().options(large)
+    assert "preconditioner" in ji.ImplicitAdjoint(diagonal_min_size=0).options(small)
+    assert ji.ImplicitAdjoint(diagonal_min_size=10**9).options(large) == {}
+    assert "preconditioner" in ji.ImplicitAdjoint(preconditioner="diagonal").options(small)
+    with pytest.raises(ValueError, match="diagonal_min_size"):
+        ji.ImplicitAdjoint(diagonal_min_size=-1)
+    # The estimated Jacobi and no preconditioner: same hypergradient.
     Xl, inner, outer = _logistic_problem()
     solver = ji.LBFGS(rtol=0, atol=1e-12)
     theta = jnp.linspace(-3.0, -1.0, Xl.shape[1])
@@ -115,7 +127,7 @@ def test_estimated_jacobi_preconditioner():
     def loss(t, adjoint):
         return outer(ji.minimise(inner, solver, jnp.zeros(Xl.shape[1]), t, adjoint=adjoint).value, t)
 
-    g_default = jax.grad(loss)(theta, ji.ImplicitAdjoint())
+    g_default = jax.grad(loss)(theta, ji.ImplicitAdjoint(preconditioner="diagonal"))
     g_none = jax.grad(loss)(theta, ji.ImplicitAdjoint(preconditioner=None))
     np.testing.assert_allclose(g_default, g_none, rtol=1e-8, atol=1e-14)
     with pytest.raises(ValueError, match="probes"):

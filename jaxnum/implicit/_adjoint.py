@@ -1,5 +1,6 @@
 """Adjoint strategies: how a solution's derivative is computed."""
 
+import math
 from collections.abc import Callable
 
 import equinox as eqx
@@ -10,6 +11,10 @@ import lineax as lx
 from jax.flatten_util import ravel_pytree
 
 from ..linalg import CG, GMRES
+
+# Unknowns from which `ImplicitAdjoint()` estimates a Jacobi preconditioner (measured
+# crossover on logistic regression, see `ImplicitAdjoint`).
+DIAGONAL_MIN_SIZE = 300
 
 
 def estimated_jacobi(operator: lx.AbstractLinearOperator, probes: int) -> lx.DiagonalLinearOperator:
@@ -70,18 +75,23 @@ class ImplicitAdjoint(AbstractImplicitAdjoint):
     **Arguments:**
 
     - `linear_solver`: any `lineax.AbstractLinearSolver` (default: see above).
-    - `preconditioner`: `"diagonal"` (default), a lineax operator approximating
+    - `preconditioner`: `"default"` (default): `"diagonal"` when the unknown has at
+        least `diagonal_min_size` entries, none below (decided at trace time from
+        the static size). `"diagonal"`: a Jacobi preconditioner whose diagonal is
+        estimated from `probes` random sign vectors (one batched application of
+        `A`, see `estimated_jacobi`); used on symmetric (CG) solves only,
+        nonsymmetric (GMRES) solves are left unpreconditioned. Measured on logistic
+        regression with one L2 weight per feature: at 5000 x 1000, 34 CG iterations
+        without it and 12 with it, for the cost of about two HVPs; at 1000 x 100
+        CG needs few iterations and the probes and bookkeeping cost more than they
+        save, hence the size threshold. Also: a lineax operator approximating
         `A^{-1}`, a function `operator -> lineax operator` (e.g.
         `jaxnum.linalg.jacobi`), `None` (no preconditioner), or `"auto"`: the inner
         solver's own curvature model when a driver provides one (`LBFGS`: its
-        inverse-Hessian approximation). `"diagonal"` is a Jacobi preconditioner whose
-        diagonal is estimated from `probes` random sign vectors (one batched
-        application of `A`, see `estimated_jacobi`); it is used on symmetric (CG)
-        solves only, nonsymmetric (GMRES) solves are left unpreconditioned. Measured
-        on logistic regression 5000 x 1000 with one L2 weight per feature: 34 CG
-        iterations without it, 12 with it, for the cost of about two HVPs. `"auto"`
-        did not pay there (34 iterations: ten stored pairs barely change the
-        spectrum) and its two-loop recursion is sequential, hence not the default.
+        inverse-Hessian approximation; it did not pay on the benchmark, 34
+        iterations at 5000 x 1000: ten stored pairs barely change the spectrum).
+    - `diagonal_min_size`: the size from which `"default"` estimates the diagonal
+        (static; `0` always, a huge value never).
     - `tol`: relative tolerance of the default Krylov solver (true residual). The
         default `1e-10` gives hypergradients accurate to ~1e-8 on well-posed problems
         (JAXopt's default adjoint tolerance gives ~1e-5).
@@ -93,10 +103,11 @@ class ImplicitAdjoint(AbstractImplicitAdjoint):
     """
 
     linear_solver: lx.AbstractLinearSolver | None = None
-    preconditioner: Callable | lx.AbstractLinearOperator | str | None = "diagonal"
+    preconditioner: Callable | lx.AbstractLinearOperator | str | None = "default"
     tol: float = 1e-10
     max_steps: int | None = None
     probes: int = eqx.field(static=True, default=4)
+    diagonal_min_size: int = eqx.field(static=True, default=DIAGONAL_MIN_SIZE)
 
     def solver(self, symmetric: bool) -> lx.AbstractLinearSolver:
         if self.linear_solver is not None:
@@ -108,16 +119,23 @@ class ImplicitAdjoint(AbstractImplicitAdjoint):
     def __check_init__(self):
         if isinstance(self.tol, (int, float)) and not self.tol >= 0:
             raise ValueError(f"ImplicitAdjoint: `tol` must be non-negative, got {self.tol}.")
-        if isinstance(self.preconditioner, str) and self.preconditioner not in ("auto", "diagonal"):
+        if isinstance(self.preconditioner, str) and self.preconditioner not in ("default", "auto", "diagonal"):
             raise ValueError(
                 "ImplicitAdjoint: `preconditioner` must be a lineax operator, a function "
-                f"of the operator, None, 'diagonal' or 'auto'; got {self.preconditioner!r}."
+                f"of the operator, None, 'default', 'diagonal' or 'auto'; got {self.preconditioner!r}."
+            )
+        if self.diagonal_min_size < 0:
+            raise ValueError(
+                f"ImplicitAdjoint: `diagonal_min_size` must be non-negative, got {self.diagonal_min_size}."
             )
         if self.probes < 1:
             raise ValueError(f"ImplicitAdjoint: `probes` must be at least 1, got {self.probes}.")
 
     def options(self, operator, model=None) -> dict:
         pre = self.preconditioner
+        if isinstance(pre, str) and pre == "default":
+            size = sum(math.prod(s.shape) for s in jtu.tree_leaves(operator.in_structure()))
+            pre = "diagonal" if size >= self.diagonal_min_size else None
         if isinstance(pre, str) and pre == "diagonal":
             spd = lx.is_symmetric(operator) and lx.is_positive_semidefinite(operator)
             real = all(

@@ -72,6 +72,14 @@ def _run(solver, problem, y0, args, options, loop_kind, checkpoints):
     return y, state, n, norm0
 
 
+def _result(solver, state, norm0) -> RESULTS:
+    converged = solver.converged(state, norm0)
+    result = RESULTS.where(converged, RESULTS.successful, RESULTS.nonlinear_max_steps_reached)
+    result = RESULTS.where(solver.failed(state), RESULTS.nonfinite, result)
+    extra = solver.result(state, norm0)
+    return RESULTS.where(extra == RESULTS.successful, result, extra)
+
+
 def _solve(kind, name, fn, solver, y0, args, adjoint, throw, options):
     problem = Problem(fn, kind)
     adjoint = ImplicitAdjoint() if adjoint is None else adjoint
@@ -114,20 +122,22 @@ def _solve(kind, name, fn, solver, y0, args, adjoint, throw, options):
             (y, state), _ = lax.scan(body, (y_s, state), None, length=adjoint.k)
         else:
             assert isinstance(adjoint, AbstractImplicitAdjoint)
+            if throw:
+                # The one check, on the forward solve and outside differentiation
+                # (everything below is computed from the checked values). A failing
+                # adjoint solve raises separately, inside the transformation.
+                result = _result(solver, state, norm0)
+                y_s, state, n = result.error_if((y_s, state, n), result != RESULTS.successful)
+                throw = False
             optimality = solver.optimality(problem, lax.stop_gradient(state))
             y = implicit_root(
                 optimality, y_s, args, symmetric=problem.symmetric and solver.symmetric_optimality,
                 adjoint=adjoint, name=name, model=solver.inverse_model(lax.stop_gradient(state), y_s),
             )
-    residual = solver.residual_norm(state)
-    converged = solver.converged(state, norm0)
-    result = RESULTS.where(converged, RESULTS.successful, RESULTS.nonlinear_max_steps_reached)
-    result = RESULTS.where(solver.failed(state), RESULTS.nonfinite, result)
-    extra = solver.result(state, norm0)
-    result = RESULTS.where(extra == RESULTS.successful, result, extra)
-    stats = {"num_steps": n, "residual": residual, "max_steps": solver.max_steps}
-    if throw:
-        y, stats, state = result.error_if((y, stats, state), result != RESULTS.successful)
+    result = _result(solver, state, norm0)
+    if throw:  # unrolled adjoints: one check on the differentiated result
+        y, state, n = result.error_if((y, state, n), result != RESULTS.successful)
+    stats = {"num_steps": n, "residual": solver.residual_norm(state), "max_steps": solver.max_steps}
     return Solution(value=y, result=result, stats=stats, state=state)
 
 

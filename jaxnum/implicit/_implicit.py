@@ -1,5 +1,6 @@
 """The implicit-function-theorem rule, as a `custom_jvp` around a computed root."""
 
+import functools as ft
 from collections.abc import Callable
 
 import equinox as eqx
@@ -7,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import lineax as lx
+from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, PyTree
 
 from ._adjoint import AbstractImplicitAdjoint
@@ -78,14 +80,31 @@ def implicit_root(
     def identity(root, diff, consts):
         return root
 
-    @identity.defjvp
+    @ft.partial(identity.defjvp, symbolic_zeros=True)
     def identity_jvp(primals, tangents):
         root, diff, consts = primals
         _, t_diff, t_consts = tangents
         # Re-enter the rule so that higher derivatives see `root` depend on the
         # inputs (the stop-gradient'ed primal alone would make `hessian` wrong).
         root = identity(root, diff, consts)
-        _, rhs = jax.jvp(lambda d, c: closed(root, d, *c), (diff, consts), (t_diff, t_consts))
+        # Only inputs that carry a tangent enter the right-hand side: the closed-over
+        # constants (data matrices, typically) are not differentiated, and their
+        # instantiated zero tangents would cost a pass over the data each.
+        is_zero = lambda t: isinstance(t, SymbolicZero)
+        flat, treedef = jtu.tree_flatten((diff, consts))
+        flat_t = jtu.tree_leaves((t_diff, t_consts), is_leaf=is_zero)
+        live = [i for i, t in enumerate(flat_t) if not is_zero(t)]
+        if not live:
+            return root, jtu.tree_map(jnp.zeros_like, root)
+
+        def rhs_fn(*xs):
+            full = list(flat)
+            for i, x in zip(live, xs):
+                full[i] = x
+            d, c = jtu.tree_unflatten(treedef, full)
+            return closed(root, d, *c)
+
+        _, rhs = jax.jvp(rhs_fn, [flat[i] for i in live], [flat_t[i] for i in live])
         operator = linearised_operator(lambda y: closed(y, diff, *consts), root, symmetric)
         t_root = adjoint.apply_inverse(operator, rhs, symmetric, model)
         return root, jtu.tree_map(jnp.negative, t_root)
