@@ -82,6 +82,7 @@ def test_pde_matrix_against_scipy_spsolve(name, make):
     assert np.linalg.norm(x - ref) <= 1e-7 * np.linalg.norm(ref)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,make", ALL)
 def test_matvec_count_is_honest(name, make):
     rng = np.random.default_rng(3)
@@ -100,6 +101,7 @@ def test_matvec_count_is_honest(name, make):
         assert int(sol.stats["num_matvecs"]) == counter[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("every", [1, 3])
 def test_gcrodr_recycle_space_invariants_and_benefit(every):
     rng = np.random.default_rng(4)
@@ -131,6 +133,7 @@ def test_gcrodr_recycle_space_invariants_and_benefit(every):
         jl.GCRODR(rtol=1e-9, atol=0.0, harvest_every=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("keep", [None, 8])
 def test_deflated_cg_space_invariants_and_benefit(keep):
     rng = np.random.default_rng(5)
@@ -247,6 +250,7 @@ def test_preconditioning_reduces_matvecs():
         assert int(pre.stats["num_matvecs"]) < int(plain.stats["num_matvecs"])
 
 
+@pytest.mark.slow
 def test_user_operator_as_preconditioner_and_y0():
     rng = np.random.default_rng(11)
     A = random_matrix(rng, 25, "nonsymmetric", cond=50.0)

@@ -249,6 +249,7 @@ def test_tucker_and_cp_weights_against_numpy(getkey):
     assert np.allclose(cp(modes), ref, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_tfno_parameter_counts(getkey):
     dense = FNO(1, 1, (8, 8), 24, depth=2, key=getkey())
     tucker = TFNO(1, 1, (8, 8), 24, depth=2, key=getkey(), rank=0.05)
@@ -288,6 +289,7 @@ def test_cape(getkey):
         trained(u, jnp.ones(3))
 
 
+@pytest.mark.slow
 def test_unet_shapes_and_gradients(getkey):
     net = UNet(2, 1, 2, width=4, levels=2, key=getkey())
     x = jr.normal(getkey(), (3, 2, 17, 12))

@@ -48,6 +48,7 @@ def test_sequence_matches_independent_solves_in_callers_order():
     assert not carried[0] and carried[1:].all()
 
 
+@pytest.mark.slow
 def test_given_order_shared_rhs_features_and_chunks_agree():
     rng = np.random.default_rng(1)
     params = _family(rng, 6)
@@ -71,6 +72,7 @@ def test_given_order_shared_rhs_features_and_chunks_agree():
     assert chunked.recycle.basis.shape == (2, N_GRID * N_GRID, 5)
 
 
+@pytest.mark.slow
 def test_recycling_saves_matvecs_over_independent_gmres():
     rng = np.random.default_rng(2)
     params = _family(rng, 10, spread=0.05)
@@ -116,6 +118,7 @@ def test_adaptive_policy_bookkeeping():
     assert int(space.skip) == 0 and int(space.backoff) == 1
 
 
+@pytest.mark.slow
 def test_useless_space_is_detected_on_unrelated_high_peclet_systems():
     rng = np.random.default_rng(4)
     count = 12
@@ -179,6 +182,7 @@ def test_bad_inputs():
     [jl.GMRES(1e-8, 0.0), jl.GCRODR(1e-8, 0.0, restart=4, recycle=2), jl.CG(1e-8, 0.0),
      jl.DeflatedCG(1e-8, 0.0, recycle=2)],
 )
+@pytest.mark.slow
 def test_nonfinite_input_and_nonconvergence_are_reported(solver):
     A = jnp.asarray(np.diag(np.linspace(1.0, 1e4, 40)))
     op = lx.MatrixLinearOperator(A, lx.positive_semidefinite_tag)
@@ -206,6 +210,7 @@ def test_cg_reports_breakdown_on_indefinite_operator():
     "solver",
     [jl.GCRODR(1e-11, 0.0, restart=20, recycle=6), jl.DeflatedCG(1e-11, 0.0, recycle=4)],
 )
+@pytest.mark.slow
 def test_gradient_through_a_recycled_sequence(solver):
     n = 10
     rng = np.random.default_rng(6)
