@@ -160,7 +160,30 @@ class AbstractFiniteVolumeProblem(AbstractEllipticProblem):
         }
 
 
-class Poisson(AbstractFiniteVolumeProblem):
+class _AbstractSPDProblem(AbstractFiniteVolumeProblem):
+    """A finite-volume problem whose operator is symmetric positive definite
+    (Poisson, Darcy): CG-type solvers and a multigrid preconditioner by default."""
+
+    def default_solver(self) -> lx.AbstractLinearSolver:
+        """`DeflatedCG(rtol, atol=0, recycle=k)` (the operator is SPD)."""
+        return DeflatedCG(rtol=self.rtol, atol=0.0, recycle=self._krylov_sizes()[1])
+
+    def default_preconditioner(self):
+        """`multigrid(operator, dtype="float32")`: an aggregation V-cycle in single
+        precision inside the (double precision) CG; the answer's tolerance is CG's.
+        Measured on Darcy (`benchmarks/multigrid.py`): 12-13 CG iterations at every
+        size instead of 200-800; the single-precision cycle makes a solve 4-17%
+        faster than a double-precision one."""
+        return _MULTIGRID_FLOAT32
+
+    def default_generation_solver(self) -> lx.AbstractLinearSolver:
+        """`CG(rtol, atol=0)`: with the multigrid preconditioner, recycling a
+        deflation space no longer reduces the iterations (12-13 either way) and
+        its per-iteration cost makes it slower (`benchmarks/datagen.py`)."""
+        return CG(rtol=self.rtol, atol=0.0)
+
+
+class Poisson(_AbstractSPDProblem):
     """`-Laplace u = f`, with `f` a Gaussian random field (FNO recipe).
 
     **Arguments:**
@@ -209,29 +232,11 @@ class Poisson(AbstractFiniteVolumeProblem):
     def features(self, params):
         return _pool(params["source"])
 
-    def default_solver(self) -> lx.AbstractLinearSolver:
-        """`DeflatedCG(rtol, atol=0, recycle=k)` (the operator is SPD)."""
-        return DeflatedCG(rtol=self.rtol, atol=0.0, recycle=self._krylov_sizes()[1])
-
-    def default_preconditioner(self):
-        """`multigrid(operator, dtype="float32")`: an aggregation V-cycle in single
-        precision inside the (double precision) CG; the answer's tolerance is CG's.
-        Measured on Darcy (`benchmarks/multigrid.py`): 12-13 CG iterations at every
-        size instead of 200-800; the single-precision cycle makes a solve 4-17%
-        faster than a double-precision one."""
-        return _MULTIGRID_FLOAT32
-
-    def default_generation_solver(self) -> lx.AbstractLinearSolver:
-        """`CG(rtol, atol=0)`: with the multigrid preconditioner, recycling a
-        deflation space no longer reduces the iterations (12-13 either way) and
-        its per-iteration cost makes it slower (`benchmarks/datagen.py`)."""
-        return CG(rtol=self.rtol, atol=0.0)
-
     def config(self):
         return {**self._base_config(), "alpha": self.alpha, "tau": self.tau, "sigma": self.sigma}
 
 
-class Darcy(AbstractFiniteVolumeProblem):
+class Darcy(_AbstractSPDProblem):
     """Darcy flow `-div(a grad u) = f`: the FNO benchmark (Li et al. 2021).
 
     **Arguments:**
@@ -316,24 +321,6 @@ class Darcy(AbstractFiniteVolumeProblem):
 
     def features(self, params):
         return _pool(jnp.log(params["coefficient"]))
-
-    def default_solver(self) -> lx.AbstractLinearSolver:
-        """`DeflatedCG(rtol, atol=0, recycle=k)` (the operator is SPD)."""
-        return DeflatedCG(rtol=self.rtol, atol=0.0, recycle=self._krylov_sizes()[1])
-
-    def default_preconditioner(self):
-        """`multigrid(operator, dtype="float32")`: an aggregation V-cycle in single
-        precision inside the (double precision) CG; the answer's tolerance is CG's.
-        Measured on Darcy (`benchmarks/multigrid.py`): 12-13 CG iterations at every
-        size instead of 200-800; the single-precision cycle makes a solve 4-17%
-        faster than a double-precision one."""
-        return _MULTIGRID_FLOAT32
-
-    def default_generation_solver(self) -> lx.AbstractLinearSolver:
-        """`CG(rtol, atol=0)`: with the multigrid preconditioner, recycling a
-        deflation space no longer reduces the iterations (12-13 either way) and
-        its per-iteration cost makes it slower (`benchmarks/datagen.py`)."""
-        return CG(rtol=self.rtol, atol=0.0)
 
     def config(self):
         return {
