@@ -724,3 +724,116 @@ def test_train_command_writes_a_model_that_loads(tmp_path):
     # Bad input: a clear message and exit status 2, nothing trained.
     args = parser.parse_args(["train", str(tmp_path / "missing.h5"), "--out", str(out), "--no-progress", "--float64"])
     assert run_train(args) == 2
+
+
+# --- exponential moving average of the parameters ----------------------------------
+
+
+def test_parameter_ema_matches_torch_averaged_model():
+    torch = pytest.importorskip("torch")
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from jaxnum.train._ema import ema_parameters, parameter_ema
+
+    rng = np.random.default_rng(11)
+    thetas = rng.standard_normal((6, 3, 2))  # the parameters after each step
+    decay = 0.8
+    # optax.identity: the "gradient" fed in is the update, so params walk through thetas
+    opt = parameter_ema(optax.identity(), decay)
+    params = {"w": jnp.asarray(thetas[0])}
+    state = opt.init(params)
+    for k in range(1, len(thetas)):
+        upd, state = opt.update({"w": jnp.asarray(thetas[k] - thetas[k - 1])}, state, params)
+        params = optax.apply_updates(params, upd)
+    np.testing.assert_allclose(params["w"], thetas[-1], rtol=1e-12)
+
+    lin = torch.nn.Linear(2, 3, bias=False).double()
+    with torch.no_grad():
+        lin.weight.copy_(torch.from_numpy(thetas[0]))
+    avg = AveragedModel(lin, multi_avg_fn=get_ema_multi_avg_fn(decay))
+    avg.update_parameters(lin)  # copies the initial weights
+    for k in range(1, len(thetas)):
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(thetas[k]))
+        avg.update_parameters(lin)
+    ref = avg.module.weight.detach().numpy()
+    # and by hand
+    hand = thetas[0]
+    for k in range(1, len(thetas)):
+        hand = decay * hand + (1 - decay) * thetas[k]
+    np.testing.assert_allclose(ref, hand, rtol=1e-12)
+    np.testing.assert_allclose(ema_parameters(state)["w"], hand, rtol=1e-12)
+    assert ema_parameters(opt.init(params)) is not None
+    assert ema_parameters(optax.adam(1e-3).init(params)) is None
+    chained = optax.chain(optax.clip(1.0), parameter_ema(optax.sgd(1e-2), 0.5))
+    assert ema_parameters(chained.init(params))["w"].shape == (3, 2)
+
+
+def test_trainer_ema_returns_the_average_and_leaves_training_unchanged():
+    rng = np.random.default_rng(12)
+    x, y = _pairs(rng)
+    model = ConvNet(1, 1, jr.PRNGKey(0))
+    opt = optax.adam(1e-2)
+    key = jr.PRNGKey(1)
+    kw = {"optimiser": opt, "epochs": 3, "batch_size": 8, "key": key, "normalise": False, "progress": False}
+    plain, plain_hist = jt.fit(model, (x, y), **kw)
+    averaged, hist = jt.fit(model, (x, y), ema=0.7, eval_data={"train": (x, y)}, **kw)
+    # training itself is the same; only the returned / evaluated model is the average
+    assert [h["train_loss"] for h in hist] == [h["train_loss"] for h in plain_hist]
+    assert not _same(averaged, plain)
+
+    # by hand: the trainer's batches, adam, then the average of the iterates
+    data_key, _ = jr.split(key)
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    state = opt.init(params)
+    avg = params
+
+    @jax.jit
+    def step(params, state, xb, yb):
+        def loss(p):
+            return jt.RelativeLp()(jax.vmap(eqx.combine(p, static))(xb), yb)
+
+        g = jax.grad(loss)(params)
+        upd, state = opt.update(g, state, params)
+        return optax.apply_updates(params, upd), state
+
+    for epoch in range(3):
+        perm = epoch_permutation(data_key, epoch, len(x))
+        for b in range(4):
+            idx = np.sort(perm[8 * b : 8 * b + 8])
+            params, state = step(params, state, x[idx], y[idx])
+            avg = jax.tree_util.tree_map(lambda a, p: 0.7 * a + 0.3 * p, avg, params)
+    assert tree_allclose(eqx.filter(plain, eqx.is_array), params, rtol=1e-12, atol=1e-14)
+    assert tree_allclose(eqx.filter(averaged, eqx.is_array), avg, rtol=1e-12, atol=1e-14)
+    # the evaluation recorded during fit is that of the averaged model
+    pred = np.asarray(jax.vmap(averaged)(jnp.asarray(x)))
+    ref = np.mean([np.linalg.norm(p - t) / np.linalg.norm(t) for p, t in zip(pred, y)])
+    np.testing.assert_allclose(hist[-1]["eval"]["train"]["rel_l2"], ref, rtol=1e-10)
+
+
+def test_trainer_ema_resumes_to_the_same_average(tmp_path):
+    rng = np.random.default_rng(13)
+    x, y = _pairs(rng, 24, 16)
+    trainer = jt.Trainer(optax.adam(1e-2), epochs=4, batch_size=8, ema=0.9)
+    model = ConvNet(1, 1, jr.PRNGKey(4))
+    key = jr.PRNGKey(5)
+    ref, _ = trainer.fit(model, (x, y), key=key, progress=False)
+
+    def crash(record, model):
+        if record["epoch"] == 2:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        trainer.fit(model, (x, y), key=key, checkpoint_dir=tmp_path, callbacks=[crash], progress=False)
+    resumed, _ = trainer.fit(model, (x, y), key=key, checkpoint_dir=tmp_path, progress=False)
+    assert _same(resumed, ref)
+    # a checkpoint written with the average does not load into a run without one
+    with pytest.raises(ValueError, match="different model or optimiser"):
+        jt.Trainer(optax.adam(1e-2), epochs=4, batch_size=8).fit(model, (x, y), key=key, checkpoint_dir=tmp_path,
+                                                                 progress=False)
+
+
+@pytest.mark.parametrize("decay", [1.0, -0.1, 2, True, "0.9"])
+def test_trainer_ema_rejects_bad_decay(decay):
+    with pytest.raises(ValueError, match=r"decay.*\[0, 1\)"):
+        jt.Trainer(optax.adam(1e-3), ema=decay)

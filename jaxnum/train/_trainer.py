@@ -17,6 +17,7 @@ from jaxtyping import Array, Int, PRNGKeyArray, PyTree
 
 from ._checkpoint import atomic_write_json, load_checkpoint, read_meta, save_checkpoint
 from ._data import as_dataset, num_batches, prefetch, read_batch, shuffled_batches
+from ._ema import _check_decay, ema_parameters, parameter_ema
 from ._losses import AbstractLoss, RelativeLp
 from ._normalise import ChannelNormaliser, NormalisedModel
 from ._objectives import AbstractObjective, Supervised, example_batch
@@ -83,6 +84,10 @@ class Trainer(eqx.Module):
     - `drop_last`: drop the last incomplete batch of an epoch (keeps one compiled
         step; default).
     - `eval_batch_size`: batch size for evaluation (default: `batch_size`).
+    - `ema`: if a decay `d` in [0, 1) is given, keep an exponential moving average
+        of the parameters (`parameter_ema(optimiser, d)`, in the optimiser state, so
+        checkpointed and resumed with it) and evaluate and return the *averaged*
+        model; training itself is unchanged. `None` (default): no average.
     """
 
     optimiser: optax.GradientTransformation
@@ -95,8 +100,11 @@ class Trainer(eqx.Module):
     parallel: DataParallel | None = None
     drop_last: bool = eqx.field(static=True, default=True)
     eval_batch_size: int | None = eqx.field(static=True, default=None)
+    ema: float | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
+        if self.ema is not None:
+            _check_decay(self.ema)
         if not isinstance(self.optimiser, optax.GradientTransformation):
             raise TypeError("`optimiser` must be an optax.GradientTransformation, e.g. optax.adam(1e-3).")
         if self.epochs < 1 or self.batch_size < 1:
@@ -115,8 +123,16 @@ class Trainer(eqx.Module):
         (`eqx.combine(state.params, static)` rebuilds the model).
         """
         params, static = eqx.partition(model, eqx.is_inexact_array)
-        opt_state = self.optimiser.init(params)
+        opt_state = self._optimiser().init(params)
         return TrainState(params, opt_state, jnp.zeros((), jnp.int32)), static
+
+    def _optimiser(self):
+        return self.optimiser if self.ema is None else parameter_ema(self.optimiser, self.ema)
+
+    def eval_params(self, state: TrainState) -> PyTree[Array]:
+        """The parameters to evaluate and return: the moving average with `ema`,
+        else `state.params`."""
+        return state.params if self.ema is None else ema_parameters(state.opt_state)
 
     def wrap(self, inner, normalisers):
         """The model in physical units: `inner` behind its normalisers (if any)."""
@@ -135,7 +151,7 @@ class Trainer(eqx.Module):
             return self.objective.loss(model, batch, self.loss, key, progress)
 
         value, grads = jax.value_and_grad(loss_fn)(state.params)
-        updates, opt_state = self.optimiser.update(grads, state.opt_state, state.params)
+        updates, opt_state = self._optimiser().update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         return TrainState(params, opt_state, state.step + 1), value
 
@@ -410,7 +426,7 @@ class Trainer(eqx.Module):
                     "samples_per_s": (nb - first) * self.batch_size / elapsed if elapsed > 0 else math.inf,
                     **self.objective.schedule(prog),
                 }
-                model_now = self.wrap(eqx.combine(state.params, static), normalisers)
+                model_now = self.wrap(eqx.combine(self.eval_params(state), static), normalisers)
                 if evals and ((epoch + 1) % eval_every == 0 or epoch + 1 == self.epochs):
                     record["eval"] = {
                         name: self.evaluate(model_now, ev, _jitted=metrics_fn) for name, ev in evals.items()
@@ -428,7 +444,7 @@ class Trainer(eqx.Module):
         finally:
             if bar is not None:
                 bar.close()
-        model_out = self.wrap(eqx.combine(jax.device_get(state.params), static), jax.device_get(normalisers))
+        model_out = self.wrap(eqx.combine(jax.device_get(self.eval_params(state)), static), jax.device_get(normalisers))
         return model_out, history
 
 
@@ -445,6 +461,7 @@ def fit(
     normalise: bool = True,
     use_params: bool = False,
     parallel: DataParallel | None = None,
+    ema: float | None = None,
     **kwargs,
 ) -> tuple[Any, list[dict]]:
     """`Trainer(optimiser, loss, objective, epochs, batch_size, ...).fit(model,
@@ -456,6 +473,6 @@ def fit(
         optimiser,
         RelativeLp() if loss is None else loss,
         Supervised() if objective is None else objective, epochs=epochs, batch_size=batch_size, normalise=normalise,
-        use_params=use_params, parallel=parallel,
+        use_params=use_params, parallel=parallel, ema=ema,
     )
     return trainer.fit(model, train_data, key=key, **kwargs)
