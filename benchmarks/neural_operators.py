@@ -202,9 +202,25 @@ class Normaliser:
         return a * self.std + self.mean
 
 
+def make_schedule(args, total, steps_per_epoch):
+    """The learning rate per step (the same function drives both sides): linear
+    warm-up from 0 over `--warmup` epochs, then cosine decay to 0 at the last step
+    (or halving every quarter with `--schedule step`)."""
+    warm = round(args.warmup * steps_per_epoch)
+    if args.schedule == "cosine":
+        if warm:
+            return optax.warmup_cosine_decay_schedule(0.0, args.lr, warm, total, end_value=0.0)
+        return optax.cosine_decay_schedule(args.lr, total)
+    return optax.exponential_decay(args.lr, total // 4, 0.5, staircase=True)
+
+
 def train_pair(args, make_jax, make_torch, train, tests, label):
-    """Same arrays, same batches (one permutation per epoch from a shared seed), Adam
-    with the same step-decay schedule, loss = mean relative L2 of decoded outputs."""
+    """Same arrays, same batches (one permutation per epoch from a shared seed), AdamW
+    with the same learning rate at every step, loss = mean relative L2 of decoded
+    outputs; optionally an exponential moving average of the weights for evaluation
+    (`--ema`: `jaxnum.train.parameter_ema` / `torch.optim.swa_utils.AveragedModel`)."""
+    from jaxnum.train._ema import ema_parameters, parameter_ema
+
     torch = _torch()
     torch.manual_seed(0)
     (x, y) = train
@@ -212,14 +228,17 @@ def train_pair(args, make_jax, make_torch, train, tests, label):
     xs = xn.encode(x).astype(np.float32)
     steps_per_epoch = len(x) // args.batch
     total = args.epochs * steps_per_epoch
-    if args.schedule == "cosine":
-        sched = optax.cosine_decay_schedule(args.lr, total)
-    else:
-        sched = optax.exponential_decay(args.lr, total // 4, 0.5, staircase=True)
+    sched = make_schedule(args, total, steps_per_epoch)
     # AdamW (decoupled weight decay scaled by the scheduled rate) = torch.optim.AdamW
     opt = optax.adamw(sched, weight_decay=args.weight_decay)
+    if args.ema:
+        opt = parameter_ema(opt, args.ema)
     model = make_jax()
     state = opt.init(eqx.filter(model, eqx.is_array))
+
+    def eval_model(m, st):
+        return eqx.combine(ema_parameters(st), m) if args.ema else m
+
     ystd, ymean = jnp.asarray(yn.std, jnp.float32), jnp.asarray(yn.mean, jnp.float32)
     y = y.astype(np.float32)
 
@@ -237,10 +256,13 @@ def train_pair(args, make_jax, make_torch, train, tests, label):
     use_torch = "neuralop" in args.sides
     tmodel = make_torch()
     topt = torch.optim.AdamW(tmodel.parameters(), args.lr, weight_decay=args.weight_decay)
-    if args.schedule == "cosine":
-        tsched = torch.optim.lr_scheduler.CosineAnnealingLR(topt, total, eta_min=0.0)
-    else:
-        tsched = torch.optim.lr_scheduler.StepLR(topt, total // 4, 0.5)
+    lrs = np.asarray(jax.vmap(sched)(jnp.arange(total)), np.float64)
+    tavg = tmodel
+    if args.ema:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        tavg = AveragedModel(tmodel, multi_avg_fn=get_ema_multi_avg_fn(args.ema))
+        tavg.update_parameters(tmodel)  # the first call copies: average starts at the initial weights
     tstd, tmean = torch.from_numpy(yn.std.astype(np.float32)), torch.from_numpy(yn.mean.astype(np.float32))
     rng = np.random.default_rng(0)
     cpu = {"jaxnum": 0.0, "neuralop": 0.0}
@@ -256,24 +278,28 @@ def train_pair(args, make_jax, make_torch, train, tests, label):
             if not use_torch:
                 continue
             t0 = time.process_time()
+            for group in topt.param_groups:
+                group["lr"] = float(lrs[epoch * steps_per_epoch + b])
             topt.zero_grad()
             tv = torch.mean(rel_l2_torch(torch, tmodel(torch.from_numpy(xb)) * tstd + tmean, torch.from_numpy(yb)))
             tv.backward()
             topt.step()
-            tsched.step()
+            if args.ema:
+                tavg.update_parameters(tmodel)
             cpu["neuralop"] += time.process_time() - t0
         if args.verbose:
             print(f"[{label}] epoch {epoch + 1}/{args.epochs} loss jaxnum {float(value):.3e} "
                   f"neuralop {tv.item() if use_torch else float('nan'):.3e}", flush=True)
         if args.eval_every and (epoch + 1) % args.eval_every == 0 and epoch + 1 < args.epochs:
             first = dict([next(iter(tests.items()))])
-            part = evaluate(torch, model, tmodel if use_torch else None, xn, yn, first)
+            part = evaluate(torch, eval_model(model, state), tavg if use_torch else None, xn, yn, first)
             print(json.dumps({"label": label, "partial_epoch": epoch + 1, "train_cpu_s": dict(cpu), **part}),
                   flush=True)
     result = {"label": label, "epochs": args.epochs, "schedule": args.schedule, "weight_decay": args.weight_decay,
+              "lr": args.lr, "warmup": args.warmup, "ema": args.ema, "batch": args.batch,
               "n_train": len(x), "params_jaxnum": num_parameters(model), "params_neuralop": torch_params(tmodel),
               "sides": list(args.sides), "train_cpu_s": cpu,
-              **evaluate(torch, model, tmodel if use_torch else None, xn, yn, tests)}
+              **evaluate(torch, eval_model(model, state), tavg if use_torch else None, xn, yn, tests)}
     print(json.dumps(result) if args.json else result, flush=True)
     return result
 
@@ -299,18 +325,29 @@ def evaluate(torch, model, tmodel, xn, yn, tests):
     return out
 
 
+def validation_split(args, train, tests):
+    """`--val k`: pilot runs train on all but the last `k` training samples and are
+    evaluated on those `k` only (at the training resolution); the test set is not
+    touched."""
+    if not args.val:
+        return train, tests
+    n = len(train[0]) - args.val
+    return (train[0][:n], train[1][:n]), {"val": (train[0][n:], train[1][n:])}
+
+
 def task_darcy(args):
     train, test33, test65 = darcy_data(args.data, args.n_train, args.n_test)
-    tests = {"33": test33, "65": test65}
+    train, tests = validation_split(args, train, {"33": test33, "65": test65})
+    width, m = args.width or 32, args.modes or 12
     out = []
     for label, make_jax, kw in [
-        ("FNO", lambda: FNO(1, 1, (12, 12), 32, key=jr.PRNGKey(0), dtype=jnp.float32), {}),
-        ("TFNO-tucker", lambda: TFNO(1, 1, (12, 12), 32, key=jr.PRNGKey(0), rank=args.rank, dtype=jnp.float32),
+        ("FNO", lambda: FNO(1, 1, (m, m), width, key=jr.PRNGKey(0), dtype=jnp.float32), {}),
+        ("TFNO-tucker", lambda: TFNO(1, 1, (m, m), width, key=jr.PRNGKey(0), rank=args.rank, dtype=jnp.float32),
          {"factorization": "tucker", "rank": args.rank}),
     ]:
         if label.split("-")[0].lower() not in args.models:
             continue
-        out.append(train_pair(args, make_jax, lambda kw=kw: torch_fno(1, 1, (12, 12), 32, **kw), train, tests,
+        out.append(train_pair(args, make_jax, lambda kw=kw: torch_fno(1, 1, (m, m), width, **kw), train, tests,
                               f"darcy {label}"))
     return out
 
@@ -320,20 +357,27 @@ def task_burgers(args):
     x, y = train
     train256 = (x[..., ::4], y[..., ::4])
     tests = {str(1024 // s): (test[0][..., ::s], test[1][..., ::s]) for s in (4, 2, 1)}
-    return [train_pair(args, lambda: FNO(1, 1, (16,), 64, key=jr.PRNGKey(0), dtype=jnp.float32),
-                       lambda: torch_fno(1, 1, (16,), 64), train256, tests, f"burgers nu={args.viscosity}")]
+    train256, tests = validation_split(args, train256, tests)
+    width, m = args.width or 64, args.modes or 16
+    return [train_pair(args, lambda: FNO(1, 1, (m,), width, key=jr.PRNGKey(0), dtype=jnp.float32),
+                       lambda: torch_fno(1, 1, (m,), width), train256, tests, f"burgers nu={args.viscosity}")]
 
 
 # --- CAPE: parametric Burgers, autoregressive rollouts -----------------------------------
 
 CAPE_TRAIN_RANGES = ((0.01, 0.02), (0.04, 0.1))  # viscosity, log-uniform within each
 CAPE_TEST_RANGE = (0.02, 0.04)  # held out of training (interpolation in log nu)
+# per training band: the generated files (seed, trajectories), concatenated in this order
+CAPE_TRAIN_FILES = (((21, 128), (23, 192)), ((22, 128), (24, 192)))
+CAPE_VAL_SEEDS = (25, 26)  # validation: fresh trajectories from the two training bands
+CAPE_TEST_SEED = 31
 
 
 def cape_data(args):
     """Trajectories `(N, 1, T, n)` of `Burgers(viscosity_range=...)` at 256 points,
-    10 saves over t in (0, 1], and their viscosities; training viscosities from two
-    bands, test viscosities from the band between them."""
+    10 saves over t in (0, 1], and their viscosities: `--cape-train` training and
+    `--cape-val` validation trajectories, half from each training band, and
+    `--cape-test` test trajectories from the band between them (held out)."""
     from jaxnum.pde import Burgers
 
     def gen(rng, num, seed):
@@ -342,80 +386,112 @@ def cape_data(args):
         x, y, nu = _generate(prob, num, path, seed=seed)
         return np.concatenate([x[:, :, None], y], axis=2), nu
 
+    def cat(parts):
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
     half = args.cape_train // 2
-    parts = [gen(r, half, 21 + i) for i, r in enumerate(CAPE_TRAIN_RANGES)]
-    train = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
-    test = gen(CAPE_TEST_RANGE, args.cape_test, 31)
-    return train, test
+    bands = []
+    for rng, files in zip(CAPE_TRAIN_RANGES, CAPE_TRAIN_FILES):
+        traj, nu = cat([gen(rng, num, seed) for seed, num in files])
+        if len(traj) < half:
+            raise ValueError(f"--cape-train {args.cape_train} needs {half} trajectories per band; "
+                             f"{len(traj)} are configured in CAPE_TRAIN_FILES.")
+        bands.append((traj[:half], nu[:half]))
+    train = cat(bands)
+    val = cat([gen(r, args.cape_val // 2, s) for r, s in zip(CAPE_TRAIN_RANGES, CAPE_VAL_SEEDS)])
+    test = gen(CAPE_TEST_RANGE, args.cape_test, CAPE_TEST_SEED)
+    return train, val, test
+
+
+CAPE_ROWS = {  # name -> (model, training)
+    "FNO": ("FNO", "teacher forcing"),
+    "FNO+c": ("FNO", "curriculum"),
+    "CAPE-FNO": ("CAPE-FNO", "teacher forcing"),
+    "CAPE-FNO+c": ("CAPE-FNO", "curriculum"),
+    "FNO+pf": ("FNO", "pushforward"),
+    "CAPE-FNO+pf": ("CAPE-FNO", "pushforward"),
+}
 
 
 def task_cape(args):
     """Plain FNO and CAPE-FNO, each trained with teacher forcing and with the tanh
-    curriculum; same one-step FNO, optimiser, schedule, batches and epochs; rollout
-    nRMSE from the initial state over all saves, on held-out viscosities (and on every
-    8th training trajectory)."""
+    curriculum (optionally the pushforward trick); same one-step FNO, optimiser,
+    schedule, batches, epochs and loss; rollout nRMSE from the initial state over all
+    saves, on validation trajectories (training bands) and on held-out viscosities
+    (the test band; every 8th training trajectory too). Choices are made on the
+    validation set; `gain` compares CAPE-FNO + curriculum with the better plain FNO
+    on the test band, per seed and averaged."""
     from jaxnum.nn import CAPE
     from jaxnum.train import ArrayDataset, Autoregressive, TanhCurriculum, Trainer
 
-    (traj, nu), (traj_t, nu_t) = cape_data(args)
+    (traj, nu), (traj_v, nu_v), (traj_t, nu_t) = cape_data(args)
     s = args.cape_stride
-    traj, traj_t = traj[..., ::s].astype(np.float32), traj_t[..., ::s].astype(np.float32)
+    traj, traj_v, traj_t = (a[..., ::s].astype(np.float32) for a in (traj, traj_v, traj_t))
 
     def pnorm(v):  # log10 nu mapped to [-1, 1] over the whole decade
         return ((np.log10(v) + 1.5) / 0.5).astype(np.float32).reshape(-1, 1)
 
     # initial="outputs": each sample's trajectory already starts with u0
     train = ArrayDataset(traj[:, :, 0], traj, pnorm(nu))
+    val = ArrayDataset(traj_v[:, :, 0], traj_v, pnorm(nu_v))
     test = ArrayDataset(traj_t[:, :, 0], traj_t, pnorm(nu_t))
+    sub = ArrayDataset(train.inputs[::8], train.outputs[::8], train.params[::8])
     steps = args.epochs * (len(train) // args.batch)
     opt = optax.adamw(optax.cosine_decay_schedule(args.lr, steps), weight_decay=args.weight_decay)
     width, modes = args.cape_width, args.cape_modes
+    curriculum = TanhCurriculum(*args.cape_curriculum)
 
-    def fno(k):
-        return FNO(1, 1, (modes,), width, key=k, dtype=jnp.float32)
+    def make(model, seed):
+        fno = FNO(1, 1, (modes,), width, key=jr.PRNGKey(seed), dtype=jnp.float32)
+        if model == "FNO":
+            return fno
+        return CAPE(fno, 1, 1, 1, key=jr.PRNGKey(seed + 1000), modes=8, dtype=jnp.float32)
 
-    runs = {
-        "FNO (teacher forcing)": (lambda: fno(jr.PRNGKey(0)), None, False),
-        "FNO + curriculum": (lambda: fno(jr.PRNGKey(0)), TanhCurriculum(), False),
-        "CAPE-FNO (teacher forcing)": (
-            lambda: CAPE(fno(jr.PRNGKey(0)), 1, 1, 1, key=jr.PRNGKey(1), modes=8, dtype=jnp.float32),
-            None, True),
-        "CAPE-FNO + curriculum": (
-            lambda: CAPE(fno(jr.PRNGKey(0)), 1, 1, 1, key=jr.PRNGKey(1), modes=8, dtype=jnp.float32),
-            TanhCurriculum(), True),
-    }
-    out = {"label": "cape burgers", "epochs": args.epochs, "n_train": len(train), "n_test": len(test),
-           "resolution": traj.shape[-1], "saves": traj.shape[2] - 1, "train_ranges": CAPE_TRAIN_RANGES,
-           "test_range": CAPE_TEST_RANGE, "width": width, "modes": modes, "rows": []}
-    for name, (make, curriculum, use_params) in runs.items():
-        if args.cape_runs and name.split(" ")[0] + ("+c" if curriculum else "") not in args.cape_runs:
-            continue
-        objective = Autoregressive(curriculum=curriculum, initial="outputs")
-        trainer = Trainer(opt, objective=objective, epochs=args.epochs, batch_size=args.batch,
-                          use_params=use_params, eval_batch_size=16)
-        t0 = time.process_time()
-        model, _ = trainer.fit(make(), train, key=jr.PRNGKey(0), progress=False,
-                                     eval_data={"test": test}, eval_every=max(1, args.epochs // 4),
-                                     callbacks=[lambda r, m, name=name: args.verbose and print(
-                                         f"[cape {name}] epoch {r['epoch']} loss {r['train_loss']:.3e}"
-                                         f"{' eval ' + json.dumps(r['eval']) if r.get('eval') else ''}",
-                                         flush=True)])
-        cpu = time.process_time() - t0
-        ev = trainer.evaluate(model, test)
-        ev_train = trainer.evaluate(model, ArrayDataset(train.inputs[::8], train.outputs[::8], train.params[::8]))
-        row = {"model": name, "params": num_parameters(model), "train_cpu_s": cpu,
-               "test_nrmse": ev["nrmse"], "test_nrmse_final": ev["nrmse_final"],
-               "train_nrmse": ev_train["nrmse"]}
-        out["rows"].append(row)
-        print(json.dumps(row) if args.json else row, flush=True)
-    rows = {r["model"]: r for r in out["rows"]}
-    if "CAPE-FNO + curriculum" in rows and "FNO (teacher forcing)" in rows:
-        out["gain_vs_plain"] = 1 - rows["CAPE-FNO + curriculum"]["test_nrmse"] / rows["FNO (teacher forcing)"]["test_nrmse"]
-    if "CAPE-FNO (teacher forcing)" in rows and "FNO (teacher forcing)" in rows:
-        out["gain_tf_vs_plain"] = (1 - rows["CAPE-FNO (teacher forcing)"]["test_nrmse"]
-                                   / rows["FNO (teacher forcing)"]["test_nrmse"])
-    if "CAPE-FNO + curriculum" in rows and "FNO + curriculum" in rows:
-        out["gain_vs_fno_curriculum"] = 1 - rows["CAPE-FNO + curriculum"]["test_nrmse"] / rows["FNO + curriculum"]["test_nrmse"]
+    def objective(training):
+        kw = {"initial": "outputs", "stop_gradient_feedback": args.cape_stop_grad}
+        if training == "curriculum":
+            return Autoregressive(curriculum=curriculum, loss_over=args.cape_loss, **kw)
+        if training == "pushforward":
+            return Autoregressive(pushforward=args.cape_pushforward, **kw)
+        return Autoregressive(loss_over=args.cape_loss, **kw)
+
+    runs = args.cape_runs or ["FNO", "FNO+c", "CAPE-FNO", "CAPE-FNO+c"]
+    out = {"label": "cape burgers", "epochs": args.epochs, "batch": args.batch, "n_train": len(train),
+           "n_val": len(val), "n_test": len(test), "resolution": traj.shape[-1], "saves": traj.shape[2] - 1,
+           "train_ranges": CAPE_TRAIN_RANGES, "test_range": CAPE_TEST_RANGE, "width": width, "modes": modes,
+           "loss_over": args.cape_loss, "curriculum": list(args.cape_curriculum),
+           "stop_gradient_feedback": args.cape_stop_grad, "seeds": args.cape_seeds, "rows": []}
+    for seed in args.cape_seeds:
+        for name in runs:
+            model_name, training = CAPE_ROWS[name]
+            trainer = Trainer(opt, objective=objective(training), epochs=args.epochs, batch_size=args.batch,
+                              use_params=model_name != "FNO", eval_batch_size=32)
+            label = f"{model_name} ({training})"
+            tag = f"{label} s{seed}"
+            t0 = time.process_time()
+            model, _ = trainer.fit(make(model_name, seed), train, key=jr.PRNGKey(seed), progress=False,
+                                   eval_data={"val": val, "test": test} if args.eval_every else None,
+                                   eval_every=args.eval_every or 1,
+                                   callbacks=[lambda r, m, tag=tag: args.verbose and print(
+                                       f"[cape {tag}] epoch {r['epoch']} loss {r['train_loss']:.3e}"
+                                       f"{' eval ' + json.dumps(r['eval']) if r.get('eval') else ''}",
+                                       flush=True)])
+            cpu = time.process_time() - t0
+            ev_v, ev_t, ev_s = (trainer.evaluate(model, d) for d in (val, test, sub))
+            row = {"model": label, "run": name, "seed": seed, "params": num_parameters(model), "train_cpu_s": cpu,
+                   "val_nrmse": ev_v["nrmse"], "test_nrmse": ev_t["nrmse"], "test_nrmse_final": ev_t["nrmse_final"],
+                   "train_nrmse": ev_s["nrmse"]}
+            out["rows"].append(row)
+            print(json.dumps(row) if args.json else row, flush=True)
+    gains = []
+    for seed in args.cape_seeds:
+        rows = {r["run"]: r for r in out["rows"] if r["seed"] == seed}
+        plain = [rows[k]["test_nrmse"] for k in ("FNO", "FNO+c", "FNO+pf") if k in rows]
+        if "CAPE-FNO+c" in rows and plain:
+            gains.append(1 - rows["CAPE-FNO+c"]["test_nrmse"] / min(plain))
+    if gains:
+        out["gain_vs_best_plain"] = gains
+        out["gain_mean"] = float(np.mean(gains))
     print(json.dumps(out) if args.json else out, flush=True)
     return out
 
@@ -435,18 +511,34 @@ def main(argv=None):
     p.add_argument("--schedule", choices=["cosine", "step"], default="cosine",
                    help="learning rate: cosine decay to 0 over the run, or halved every quarter")
     p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW decoupled weight decay (both sides)")
+    p.add_argument("--warmup", type=float, default=0.0, help="linear warm-up of the learning rate over this many epochs")
+    p.add_argument("--ema", type=float, default=0.0,
+                   help="evaluate an exponential moving average of the weights with this decay (0: none)")
+    p.add_argument("--width", type=int, default=0, help="burgers/darcy: FNO width (0: 64 / 32)")
+    p.add_argument("--modes", type=int, default=0, help="burgers/darcy: modes per axis (0: 16 / 12)")
+    p.add_argument("--val", type=int, default=0,
+                   help="pilot: hold out the last VAL training samples as the only evaluation set")
     p.add_argument("--models", nargs="+", default=["fno", "tfno"], choices=["fno", "tfno"], help="darcy: which models")
     p.add_argument("--sides", nargs="+", default=["jaxnum", "neuralop"], choices=["jaxnum", "neuralop"],
                    help="accuracy tasks: train jaxnum only (the neuraloperator model is still built for its "
                         "parameter count), or both side by side")
     p.add_argument("--eval-every", type=int, default=0, help="print test error every this many epochs (0: at the end)")
     p.add_argument("--data", default="/work/data")
-    p.add_argument("--cape-train", type=int, default=256, help="cape: training trajectories (half per band)")
+    p.add_argument("--cape-train", type=int, default=640, help="cape: training trajectories (half per band)")
+    p.add_argument("--cape-val", type=int, default=64, help="cape: validation trajectories (half per training band)")
     p.add_argument("--cape-test", type=int, default=64, help="cape: held-out test trajectories")
     p.add_argument("--cape-stride", type=int, default=2, help="cape: train/test on every s-th of 256 points")
     p.add_argument("--cape-width", type=int, default=32)
     p.add_argument("--cape-modes", type=int, default=12)
-    p.add_argument("--cape-runs", nargs="*", default=[], help="cape: subset of FNO, FNO+c, CAPE-FNO, CAPE-FNO+c (+c: with the curriculum)")
+    p.add_argument("--cape-runs", nargs="*", default=[], choices=list(CAPE_ROWS),
+                   help="cape: rows to train (default FNO FNO+c CAPE-FNO CAPE-FNO+c; +c: curriculum, +pf: pushforward)")
+    p.add_argument("--cape-seeds", nargs="+", type=int, default=[0], help="cape: model/shuffle seeds")
+    p.add_argument("--cape-loss", choices=["steps", "trajectory"], default="trajectory",
+                   help="cape: relative L2 per step (mean over steps) or of the whole trajectory")
+    p.add_argument("--cape-curriculum", nargs=3, type=float, default=[0.0, 1.0, 3.0], metavar=("START", "END", "K"),
+                   help="cape: TanhCurriculum(start, end, sharpness)")
+    p.add_argument("--cape-stop-grad", action="store_true", help="cape: no gradients through fed-back predictions")
+    p.add_argument("--cape-pushforward", type=int, default=3, help="cape: max unrolled steps of the +pf rows")
     p.add_argument("--json", action="store_true")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
