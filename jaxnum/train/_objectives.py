@@ -24,6 +24,7 @@ from ._rollout import (
     pushforward_loss,
     rollout_error,
     unrolled_losses,
+    unrolled_predictions,
 )
 
 
@@ -100,6 +101,19 @@ class Autoregressive(AbstractObjective):
     - `pushforward=k`: the pushforward trick, up to `k` unrolled steps without
         gradients before the differentiated one.
 
+    How the loss (`Trainer(loss=...)`) is taken over a trajectory (`loss_over`):
+
+    - `"steps"` (default): on every predicted state separately, averaged over the
+        `T - 1` steps. With a relative loss every state weighs the same, however
+        small it is: the late, strongly decayed states of a diffusive trajectory
+        (where a tiny absolute error is a large relative one) can dominate.
+    - `"trajectory"`: once on the whole predicted trajectory `(c, T - 1, *grid)`
+        against the truth. With `RelativeLp` this is the relative error of the
+        whole trajectory, $\\|\\hat u_{1..T-1} - u_{1..T-1}\\| / \\|u_{1..T-1}\\|$:
+        each step weighs by its absolute error, normalised once per trajectory, so
+        decayed states count by their size and trajectories of different
+        amplitude still weigh alike.
+
     Metrics: `nrmse` (rollout nRMSE from the initial state, averaged over time),
     `nrmse_final` (at the last time).
 
@@ -108,6 +122,8 @@ class Autoregressive(AbstractObjective):
     - `curriculum`: a `TanhCurriculum`, or `None`.
     - `pushforward`: maximum unrolled steps (0: off).
     - `stop_gradient_feedback`: cut gradients through fed-back predictions.
+    - `loss_over`: `"steps"` or `"trajectory"` (above); the pushforward trick
+        differentiates one step and takes `"steps"` only.
     - `initial`: `"inputs"` (default, the `jaxnum.data` layout: `outputs` holds the
         states at the save times $t_1..t_T$ and `inputs[i]` is the initial state,
         prepended to the trajectory) or `"outputs"` (the trajectory `outputs[i]`
@@ -118,8 +134,15 @@ class Autoregressive(AbstractObjective):
     pushforward: int = 0
     stop_gradient_feedback: bool = False
     initial: Literal["outputs", "inputs"] = "inputs"
+    loss_over: Literal["steps", "trajectory"] = "steps"
 
     def __check_init__(self):
+        if self.loss_over not in ("steps", "trajectory"):
+            raise ValueError(f"`loss_over` must be 'steps' or 'trajectory'; got {self.loss_over!r}.")
+        if self.pushforward and self.loss_over != "steps":
+            raise ValueError(
+                "The pushforward trick differentiates a single step: use loss_over='steps' with it."
+            )
         if self.pushforward < 0:
             raise ValueError(f"`pushforward` must be >= 0; got {self.pushforward}.")
         if self.pushforward and self.curriculum is not None:
@@ -151,6 +174,11 @@ class Autoregressive(AbstractObjective):
                 teacher = self.curriculum.teacher_steps(progress, steps)
 
             def one(u, p):
+                if self.loss_over == "trajectory":
+                    preds = unrolled_predictions(
+                        model, u, teacher, params=p, stop_gradient_feedback=self.stop_gradient_feedback
+                    )
+                    return loss.per_sample(preds, u[:, 1:])
                 return jnp.mean(
                     unrolled_losses(
                         model, u, teacher, loss.per_sample, params=p,

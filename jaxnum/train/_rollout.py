@@ -8,6 +8,7 @@ layout, with the initial state at index 0.
 """
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 import jax.tree_util as jtu
@@ -99,6 +100,46 @@ class TanhCurriculum(eqx.Module):
         return jnp.ceil(self(progress) * num_steps - 1e-9).astype(jnp.int32)
 
 
+def unrolled_predictions(
+    model,
+    trajectory: Float[Array, " c T *grid"],
+    teacher_steps: Int[Array, ""] | int,
+    *,
+    params=None,
+    stop_gradient_feedback: bool = False,
+) -> Float[Array, " c T-1 *grid"]:
+    """The model's prediction of every later state of a trajectory, the first
+    `teacher_steps` steps fed the true state (teacher forcing) and the rest fed the
+    model's own previous prediction (autoregressive).
+
+    `teacher_steps = T - 1` is one-step training; `0` (or `1`: step 0 is always fed
+    the true initial state) is a full rollout from the initial state. With
+    `stop_gradient_feedback`, gradients do not flow through the fed-back predictions
+    (each prediction differentiates one model application, as in the pushforward
+    trick); otherwise they do (backpropagation through time).
+
+    **Returns:** the predicted states $u_1 \\dots u_{T-1}$ stacked on axis 1,
+    `(channels, T - 1, *grid)`, like `trajectory[:, 1:]`.
+    """
+    truth = jnp.moveaxis(trajectory, 1, 0)  # (T, c, *grid)
+
+    def body(prev, inputs):
+        t, u_true = inputs
+        u = jnp.where(t < teacher_steps, u_true, prev)
+        pred = _call(model, u, params)
+        if pred.shape != u.shape:
+            raise ValueError(
+                f"A one-step model must return a state shaped like its input {u.shape}; "
+                f"got {pred.shape}. Set the model's out_channels to its in_channels."
+            )
+        feed = lax.stop_gradient(pred) if stop_gradient_feedback else pred
+        return feed, pred
+
+    steps = jnp.arange(truth.shape[0] - 1)
+    _, preds = lax.scan(body, truth[0], (steps, truth[:-1]))
+    return jnp.moveaxis(preds, 0, 1)
+
+
 def unrolled_losses(
     model,
     trajectory: Float[Array, " c T *grid"],
@@ -108,30 +149,16 @@ def unrolled_losses(
     params=None,
     stop_gradient_feedback: bool = False,
 ) -> Float[Array, " T-1"]:
-    """The loss of every step of a trajectory, the first `teacher_steps` steps fed
-    the true state (teacher forcing) and the rest fed the model's own previous
-    prediction (autoregressive).
-
-    `teacher_steps = T - 1` is one-step training; `0` is a full rollout from the
-    initial state. With `stop_gradient_feedback`, gradients do not flow through the
-    fed-back predictions (each step's loss differentiates one model application, as
-    in the pushforward trick); otherwise they do (backpropagation through time).
+    """The loss of every step of a trajectory predicted by `unrolled_predictions`
+    (same arguments; `per_sample_loss(pred, truth)` on one state `(c, *grid)`).
 
     **Returns:** `(T - 1,)` losses, step $t$ comparing the prediction of state
     $t + 1$ with the truth.
     """
-    truth = jnp.moveaxis(trajectory, 1, 0)  # (T, c, *grid)
-
-    def body(prev, inputs):
-        t, u_true, u_next = inputs
-        u = jnp.where(t < teacher_steps, u_true, prev)
-        pred = _call(model, u, params)
-        feed = lax.stop_gradient(pred) if stop_gradient_feedback else pred
-        return feed, per_sample_loss(pred, u_next)
-
-    steps = jnp.arange(truth.shape[0] - 1)
-    _, losses = lax.scan(body, truth[0], (steps, truth[:-1], truth[1:]))
-    return losses
+    preds = unrolled_predictions(
+        model, trajectory, teacher_steps, params=params, stop_gradient_feedback=stop_gradient_feedback
+    )
+    return jax.vmap(per_sample_loss, in_axes=(1, 1))(preds, trajectory[:, 1:])
 
 
 def pushforward_loss(
