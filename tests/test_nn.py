@@ -220,6 +220,21 @@ def test_fno_domain_padding_and_2d_shapes(getkey):
         assert y.shape == (3, *shape) and np.all(np.isfinite(y))
 
 
+def test_fno_symmetric_padding_is_a_shift_of_one_sided_padding(getkey):
+    # p zeros at each end (neuraloperator's mode) is a circular shift of 2p zeros at the
+    # end, and every layer after the lifting commutes with circular shifts: same output
+    key = getkey()
+    sym = FNO(1, 1, (5,), 8, depth=2, key=key, domain_padding=0.1, padding_mode="symmetric")
+    one = FNO(1, 1, (5,), 8, depth=2, key=key, domain_padding=0.2)
+    unpadded = FNO(1, 1, (5,), 8, depth=2, key=key)
+    for n in (20, 40):
+        x = jr.normal(getkey(), (1, n))
+        np.testing.assert_allclose(sym(x), one(x), rtol=1e-10, atol=1e-12)
+        assert not np.allclose(sym(x), unpadded(x))
+    with pytest.raises(ValueError, match="padding_mode"):
+        FNO(1, 1, (5,), 8, key=key, padding_mode="reflect")
+
+
 def test_bad_input_errors(getkey):
     model = FNO(2, 1, (4, 4), 8, key=getkey())
     with pytest.raises(ValueError, match="in_channels=2"):

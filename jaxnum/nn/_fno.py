@@ -66,8 +66,12 @@ class FNO(eqx.Module):
         width`), with skip `channel_mlp_skip`.
     - `grid`: append the coordinates $[0,1)^d$ as input channels (regenerated for each
         resolution).
-    - `domain_padding`: zero padding appended to each axis as a fraction of its
-        length (for non-periodic data), cropped before the projection.
+    - `domain_padding`: zero padding of each axis, `round(fraction * n)` points,
+        applied after the lifting and cropped before the projection (for
+        non-periodic data).
+    - `padding_mode`: `"one-sided"` (default: the padding appended at the end of each
+        axis) or `"symmetric"` (that many points at *each* end, as neuraloperator's
+        `domain_padding`).
     - `factorization`, `rank`: spectral weights dense, `"tucker"` or `"cp"` (see `TFNO`).
     - `clamp_modes`, `method`: as in `SpectralConv`.
     - `activation`: default `jax.nn.gelu`.
@@ -87,6 +91,7 @@ class FNO(eqx.Module):
     modes: tuple[int, ...] = eqx.field(static=True)
     grid: bool = eqx.field(static=True)
     domain_padding: float | tuple[float, ...] = eqx.field(static=True)
+    padding_mode: str = eqx.field(static=True)
     activation: Callable = eqx.field(static=True)
 
     def __init__(
@@ -107,6 +112,7 @@ class FNO(eqx.Module):
         channel_mlp_skip: str | None = "soft-gating",
         grid: bool = True,
         domain_padding: float | Sequence[float] = 0.0,
+        padding_mode: str = "one-sided",
         factorization: str | None = None,
         rank: float | Sequence[int] = 1.0,
         clamp_modes: bool = False,
@@ -119,6 +125,9 @@ class FNO(eqx.Module):
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.grid = bool(grid)
         self.domain_padding = domain_padding if isinstance(domain_padding, (int, float)) else tuple(domain_padding)
+        if padding_mode not in ("one-sided", "symmetric"):
+            raise ValueError(f"padding_mode must be 'one-sided' or 'symmetric'; got {padding_mode!r}.")
+        self.padding_mode = padding_mode
         self.activation = activation
         k_lift, k_proj, *k_blocks = jr.split(key, depth + 2)
         lift_in = self.in_channels + (d if grid else 0)
@@ -167,11 +176,11 @@ class FNO(eqx.Module):
         x = self.lifting(x)
         widths = padding_widths(spatial, self.domain_padding)
         if any(widths):
-            x = pad_domain(x, widths)
+            x = pad_domain(x, widths, self.padding_mode)
         for i, block in enumerate(self.blocks):
             x = block(x, self.activation, i == len(self.blocks) - 1)
         if any(widths):
-            x = crop_domain(x, widths)
+            x = crop_domain(x, widths, self.padding_mode)
         return jnp.moveaxis(self.projection(x), -1, 0)
 
 

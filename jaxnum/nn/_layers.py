@@ -110,11 +110,14 @@ def padding_widths(spatial: Sequence[int], fraction: float | Sequence[float]) ->
     return tuple(round(f * n) for f, n in zip(fr, spatial))
 
 
-def pad_domain(x, widths):
-    """Zero padding at the end of each spatial axis of a channels-last sample."""
-    return jnp.pad(x, [(0, w) for w in widths] + [(0, 0)])
+def pad_domain(x, widths, mode: str = "one-sided"):
+    """Zero padding of each spatial axis of a channels-last sample: `w` points at the
+    end (`"one-sided"`) or `w` at each end (`"symmetric"`, neuraloperator's mode)."""
+    before = (lambda w: w) if mode == "symmetric" else (lambda w: 0)
+    return jnp.pad(x, [(before(w), w) for w in widths] + [(0, 0)])
 
 
-def crop_domain(x, widths):
+def crop_domain(x, widths, mode: str = "one-sided"):
     """Undo `pad_domain`."""
-    return x[tuple(slice(0, n - w) for n, w in zip(x.shape[:-1], widths))]
+    start = (lambda w: w) if mode == "symmetric" else (lambda w: 0)
+    return x[tuple(slice(start(w), n - w) for n, w in zip(x.shape[:-1], widths))]
