@@ -2,9 +2,9 @@
 
 from typing import NamedTuple
 
-import jax.lax as lax
 import jax.numpy as jnp
 import lineax as lx
+from jax import lax
 from jaxtyping import Array, Bool, Float, Int
 
 from ._gmres import conj_options, transpose_options
@@ -14,11 +14,11 @@ from ._misc import (
     check_tolerances,
     default_max_steps,
     final_result,
-    flat_matvec,
-    flat_precond,
     get_preconditioner,
     get_y0,
     spd_inverse,
+    vec_matvec,
+    vec_precond,
 )
 
 
@@ -35,20 +35,49 @@ class CGOut(NamedTuple):
     ritz_count: Int[Array, ""]  # how many Lanczos vectors they were drawn from
 
 
+class _State(NamedTuple):
+    x: Array
+    r: Array
+    z: Array
+    p: Array
+    rz: Array
+    mv: Array
+    it: Array
+    restarts: Array
+    conv: Array
+    broke: Array
+    checked: Array  # whether `r` is the true residual
+    V: Array
+    T: Array
+    w: Array
+    ab: tuple
+    level: Array  # next Galerkin-restart level (init-CG), 0 when unused
+
+
 def deflated_cg_loop(
     matvec, precond, b, x0, has_x0, *, rtol, atol, max_steps, W=None, AW=None,
     harvest: int = 0, ritz: int = 0, matvecs0=0, harvest_windows: int | None = None,
-    harvest_keep: int | None = None,
+    harvest_keep: int | None = None, every_step: bool = True,
+    restart_factor: float | None = None, identity_precond: bool = False,
 ) -> CGOut:
     """PCG with deflation (Saad, Yeung, Erhel and Guyomarc'h 2000, Algorithm 3.6).
 
-    With `W` (and `AW = A W`), the iterates stay in `x0 + W y + K`, with search
-    directions kept `A`-orthogonal to `W`: `p = z - W (W^T A W)^{-1} (AW)^T z`. With
-    `W = None` this is plain PCG. The recurrence residual triggers the exit; the true
-    residual (one counted matrix-vector product) confirms it, and replaces the
-    recurrence residual (restarting the directions) if they disagree.
+    With `W` (and `AW = A W`, both `(n, k)`), the iterates stay in `x0 + W y + K`,
+    with search directions kept `A`-orthogonal to `W`: `p = z - W (W^T A W)^{-1}
+    (AW)^T z`. With `every_step=False` only the starting guess is deflated (a
+    Galerkin correction on `span(W)`), and the plain PCG iteration is restarted with
+    another correction whenever the residual has fallen by `restart_factor` since the
+    previous one: init-CG (Stathopoulos and Orginos 2010). With `W = None` this is
+    plain PCG. The recurrence residual triggers the exit; the true residual (one
+    counted matrix-vector product) confirms it, and replaces the recurrence residual
+    (restarting the directions) if they disagree.
+
+    Vectors (`b`, `x0`, what `matvec` and `precond` take and return) may have any
+    shape (the operator's own grid shape is fastest); `W`, `AW` and the harvested
+    Ritz vectors are flat `(n, k)`.
     """
-    n, dtype = b.shape[0], b.dtype
+    shape, dtype = b.shape, b.dtype
+    n = b.size
     bnorm = jnp.linalg.norm(b)
     tol = rtol * bnorm + atol
     ok_input = all_finite(b, x0)
@@ -67,15 +96,18 @@ def deflated_cg_loop(
         def einv(v):
             return E_inv @ v
 
-        def deflate_direction(z):
-            return z - einv(AWr @ z) @ Wr
-
         def correct(x, r):  # Galerkin correction on span(W)
-            mu = einv(Wr @ r)
-            return x + mu @ Wr, r - mu @ AWr
+            mu = einv(Wr @ r.reshape(-1))
+            return x + (mu @ Wr).reshape(shape), r - (mu @ AWr).reshape(shape)
     else:
-        deflate_direction = lambda z: z  # noqa: E731
-        correct = lambda x, r: (x, r)  # noqa: E731
+        correct = lambda x, r: (x, r)
+    if k and every_step:
+
+        def deflate_direction(z):
+            return z - (einv(AWr @ z.reshape(-1)) @ Wr).reshape(shape)
+    else:
+        deflate_direction = lambda z: z
+    factor = None if (every_step or not k) else restart_factor
 
     mv = jnp.asarray(matvecs0, jnp.int32)
     if has_x0:
@@ -93,40 +125,67 @@ def deflated_cg_loop(
     V = jnp.zeros((mb, n), dtype)  # Lanczos vectors as rows
     T = jnp.zeros((mb, mb), dtype)
 
-    def cg_step(c):
-        x, r, z, p, rz, mv, it, restarts, conv, broke, checked, V, T, w, ab = c
+    # Each branch also returns `r.r`: without a preconditioner it is `r.z`, so an
+    # iteration needs two reductions, as plain CG does.
+    def confirm(x, r, rr, mv, level):
+        rt = b - matvec(x)
+        rt_ok = jnp.linalg.norm(rt) <= tol
+        # On replacement keep W^T r = 0 (a Galerkin correction on span(W)).
+        x2, rt2 = correct(x, rt)
+        x = jnp.where(rt_ok, x, x2)
+        rt = jnp.where(rt_ok, rt, rt2)
+        rr = jnp.vdot(rt, rt)
+        conv = rt_ok | (jnp.sqrt(rr) <= tol)
+        return x, rt, rr, mv + 1, jnp.array(True), conv, level
+
+    def galerkin_restart(x, r, rr, mv, level):  # init-CG: re-deflate, restart CG
+        x, r = correct(x, r)
+        rr = jnp.vdot(r, r)
+        return x, r, rr, mv, jnp.array(False), jnp.array(False), level * factor
+
+    def keep_going(x, r, rr, mv, level):
+        return x, r, rr, mv, jnp.array(False), jnp.array(False), level
+
+    def cg_step(c: _State):
+        V, T, w, ab = c.V, c.T, c.w, c.ab
         if harvest:
             active = ab[2] < max_windows  # harvesting stops after `harvest_windows`
-            v = z / jnp.sqrt(jnp.where(rz > 0, rz, 1.0))
-            V = V.at[w].set(jnp.where(active, jnp.where(rz > 0, v, 0.0), V[w]))
+            v = (c.r if identity_precond else c.z).reshape(-1) / jnp.sqrt(jnp.where(c.rz > 0, c.rz, 1.0))
+            V = V.at[w].set(jnp.where(active, jnp.where(c.rz > 0, v, 0.0), V[w]))
+        p, rz = c.p, c.rz
         q = matvec(p)
         pq = jnp.vdot(p, q)
         bad = ~(pq > 0) | ~jnp.isfinite(rz)  # not SPD, or NaN
         alpha = jnp.where(bad, 0.0, rz / jnp.where(bad, 1.0, pq))
-        x = x + alpha * p
-        r = r - alpha * q
-        mv = mv + 1
-        rnorm = jnp.linalg.norm(r)
+        x = c.x + alpha * p
+        r = c.r - alpha * q
+        mv = c.mv + 1
+        rr = jnp.vdot(r, r)
+        rnorm = jnp.sqrt(rr)
+        if factor is None:
+            trigger = rnorm <= tol
+            x, r, rr, mv, checked, conv, level = lax.cond(
+                trigger, confirm, keep_going, x, r, rr, mv, c.level
+            )
+        else:
+            trigger = rnorm <= jnp.maximum(tol, c.level)
 
-        def confirm(x, r, mv):
-            rt = b - matvec(x)
-            rt_ok = jnp.linalg.norm(rt) <= tol
-            # On replacement keep W^T r = 0 (a Galerkin correction on span(W)).
-            x2, rt2 = correct(x, rt)
-            x = jnp.where(rt_ok, x, x2)
-            rt = jnp.where(rt_ok, rt, rt2)
-            return x, rt, mv + 1, jnp.array(True)
+            def checkpoint(*args):
+                return lax.cond(rnorm <= tol, confirm, galerkin_restart, *args)
 
-        def keep_going(x, r, mv):
-            return x, r, mv, jnp.array(False)
-
-        x, r, mv, checked = lax.cond(rnorm <= tol, confirm, keep_going, x, r, mv)
-        conv = checked & (jnp.linalg.norm(r) <= tol)
-        z = precond(r)
-        rz_new = jnp.vdot(r, z)
-        beta = jnp.where(checked, 0.0, rz_new / jnp.where(rz == 0, 1.0, rz))
+            x, r, rr, mv, checked, conv, level = lax.cond(
+                trigger, checkpoint, keep_going, x, r, rr, mv, c.level
+            )
+        if identity_precond:
+            z, rz_new = r, rr
+            z_state = c.z  # z is r: carrying it twice would copy it every iteration
+        else:
+            z = precond(r)
+            rz_new = jnp.vdot(r, z)
+            z_state = z
+        beta = jnp.where(trigger, 0.0, rz_new / jnp.where(rz == 0, 1.0, rz))
         p = deflate_direction(z) + beta * p
-        restarts = restarts + (checked & ~conv)
+        restarts = c.restarts + (trigger & ~conv)
         if harvest:
             a_prev, b_prev, windows = ab
             safe_alpha = jnp.where(alpha > 0, alpha, 1.0)
@@ -142,18 +201,18 @@ def deflated_cg_loop(
             pending = off
         else:
             pending = jnp.zeros((), dtype)
-        return (x, r, z, p, rz_new, mv, it + 1, restarts, conv, bad, checked, V, T, w, ab), pending
+        new = _State(x, r, z_state, p, rz_new, mv, c.it + 1, restarts, conv, bad, checked, V, T, w, ab, level)
+        return new, pending
 
-    def running(c):
-        conv, broke, mv = c[8], c[9], c[5]
-        return ~conv & ~broke & (mv < max_steps)
+    def running(c: _State):
+        return ~c.conv & ~c.broke & (c.mv < max_steps)
 
-    def window(c):
+    def window(c: _State):
         pending0 = jnp.zeros((), dtype)
 
         def cond(cp):
             c, _ = cp
-            return running(c) & (c[13] < mb)
+            return running(c) & (c.w < mb)
 
         def body(cp):
             return cg_step(cp[0])
@@ -161,7 +220,7 @@ def deflated_cg_loop(
         c, pending = lax.while_loop(cond, body, (c, pending0))
         if not harvest:
             return c
-        x, r, z, p, rz, mv, it, restarts, conv, broke, checked, V, T, w, ab = c
+        V, T, w, ab = c.V, c.T, c.w, c.ab
         nev = harvest_nev
 
         def restart(V, T):
@@ -185,21 +244,26 @@ def deflated_cg_loop(
         full = w >= mb
         V, T, w = lax.cond(full, restart, lambda V, T: (V, T, w), V, T)
         ab = (ab[0], ab[1], ab[2] + full.astype(jnp.int32))
-        return x, r, z, p, rz, mv, it, restarts, conv, broke, checked, V, T, w, ab
+        return c._replace(V=V, T=T, w=w, ab=ab)
 
     keep = ritz if harvest_keep is None else harvest_keep
     harvest_nev = max(1, min(keep, (mb - 1) // 2)) if harvest else 0
     zero = jnp.array(0, jnp.int32)
     fzero = jnp.zeros((), dtype)
-    conv0 = jnp.linalg.norm(r) <= tol
+    rnorm0 = jnp.linalg.norm(r)
+    conv0 = rnorm0 <= tol
     max_windows = jnp.iinfo(jnp.int32).max if harvest_windows is None else harvest_windows
-    init = (x, r, z, p, rz, mv, zero, zero, conv0, ~ok_input, jnp.array(True), V, T, zero, (fzero, fzero, zero))
+    level0 = fzero if factor is None else factor * rnorm0
+    init = _State(
+        x, r, jnp.zeros((), dtype) if identity_precond else z, p, rz, mv, zero, zero, conv0, ~ok_input, jnp.array(True), V, T, zero,
+        (fzero, fzero, zero), level0,
+    )
     c = lax.while_loop(running, window, init)
-    x, r, z, p, rz, mv, it, restarts, conv, broke, checked, V, T, w, ab = c
+    x, r, mv, conv, broke, w, V, T = c.x, c.r, c.mv, c.conv, c.broke, c.w, c.V, c.T
     # The reported residual is always the true one (computed, and counted, if the
     # loop ended on a recurrence residual).
     rt, mv = lax.cond(
-        checked, lambda x, m: (r, m), lambda x, m: (b - matvec(x), m + 1), x, mv
+        c.checked, lambda x, m: (r, m), lambda x, m: (b - matvec(x), m + 1), x, mv
     )
     rel = jnp.linalg.norm(rt) / jnp.where(bnorm > 0, bnorm, 1.0)
     conv = conv | (jnp.linalg.norm(rt) <= tol)
@@ -213,9 +277,9 @@ def deflated_cg_loop(
         ritz_vectors = (Y[:, :ritz].T @ V).T
         count = w
     else:
-        ritz_vectors = jnp.zeros((n, 0), dtype)
+        ritz_vectors = jnp.zeros((n, ritz), dtype)
         count = zero
-    return CGOut(x, rel, mv, restarts, conv, broke, ok_input, it, ritz_vectors, count)
+    return CGOut(x, rel, mv, c.restarts, conv, broke, ok_input, c.it, ritz_vectors, count)
 
 
 def check_spd_operator(operator, name: str):
@@ -278,42 +342,64 @@ class CG(lx.AbstractLinearSolver):
 
 def run_cg(
     solver, operator, vector, options, name, W=None, AW=None, harvest=0, ritz=0, mv0=0,
-    harvest_windows=None, harvest_keep=None,
+    harvest_windows=None, harvest_keep=None, harvest_on=None, every_step=True,
+    restart_factor=None,
 ):
+    """Checks and flattening around `deflated_cg_loop`. With a traced `harvest_on`,
+    the eigCG harvest runs only when it is true (the other branch is plain of it)."""
     flat = check_square(operator, name)
     preconditioner = get_preconditioner(operator, options, name)
-    x0 = get_y0(flat, vector, options, name)
-    matvec = flat_matvec(operator, flat)
-    precond = flat_precond(preconditioner, flat)
-    b = flat.ravel(vector)
+    shape = flat.vec_shape
+    x0 = get_y0(flat, vector, options, name).reshape(shape)
+    matvec = vec_matvec(operator, flat)
+    precond = vec_precond(preconditioner, flat)
+    b = flat.to_vec(vector).reshape(shape)
     sign = 1.0
     if lx.is_negative_semidefinite(operator) and not lx.is_positive_semidefinite(operator):
         sign = -1.0  # solve (-A) x = -b
         base_matvec, base_precond = matvec, precond
-        matvec = lambda x: -base_matvec(x)  # noqa: E731
-        precond = lambda x: -base_precond(x)  # noqa: E731
+        matvec = lambda x: -base_matvec(x)
+        if preconditioner is not None:
+            precond = lambda x: -base_precond(x)
         b = -b
-    loop = deflated_cg_loop(
-        matvec,
-        precond,
-        b,
-        x0,
-        "y0" in options,
-        rtol=solver.rtol,
-        atol=solver.atol,
-        max_steps=default_max_steps(solver.max_steps, flat.size),
-        W=W,
-        AW=None if AW is None else sign * AW,
-        harvest=harvest,
-        ritz=ritz,
-        matvecs0=mv0,
-        harvest_windows=harvest_windows,
-        harvest_keep=harvest_keep,
-    )
+
+    def loop_fn(window, b, x0, W, AW, mv0):
+        return deflated_cg_loop(
+            matvec,
+            precond,
+            b,
+            x0,
+            "y0" in options,
+            rtol=solver.rtol,
+            atol=solver.atol,
+            max_steps=default_max_steps(solver.max_steps, flat.size),
+            W=W,
+            AW=AW,
+            harvest=window,
+            ritz=ritz,
+            matvecs0=mv0,
+            harvest_windows=harvest_windows,
+            harvest_keep=harvest_keep,
+            every_step=every_step,
+            restart_factor=restart_factor,
+            identity_precond=preconditioner is None,
+        )
+
+    AW = None if AW is None else sign * AW
+    mv0 = jnp.asarray(mv0, jnp.int32)
+    if harvest and harvest_on is not None:
+        loop = lax.cond(
+            harvest_on,
+            lambda *a: loop_fn(harvest, *a),
+            lambda *a: loop_fn(0, *a),
+            b, x0, W, AW, mv0,
+        )
+    else:
+        loop = loop_fn(harvest, b, x0, W, AW, mv0)
     result = final_result(loop.converged, loop.ok_input, jnp.array(False), ~loop.broke)
     stats = {
         "num_matvecs": loop.num_matvecs,
         "num_restarts": loop.num_restarts,
         "residual": loop.residual,
     }
-    return flat.unravel(loop.x), (result, stats, loop)
+    return flat.from_vec(loop.x.reshape(shape)), (result, stats, loop)

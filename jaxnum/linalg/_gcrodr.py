@@ -1,8 +1,8 @@
 """GCRO-DR: GMRES with deflated restarting and Krylov subspace recycling."""
 
-import jax.lax as lax
 import jax.numpy as jnp
 import lineax as lx
+from jax import lax
 
 from ._arnoldi import Cycle
 from ._gmres import conj_options, krylov_stats, transpose_options
@@ -18,7 +18,7 @@ from ._misc import (
     spd_inverse,
     upper_inverse,
 )
-from ._recycle import adaptive_update, empty_space, load_space, RecycleSpace, reproject
+from ._recycle import RecycleSpace, adaptive_update, empty_space, load_space, reproject
 from ._restarted import restarted_krylov
 
 
@@ -226,6 +226,7 @@ class GCRODR(lx.AbstractLinearSolver):
             skip=space.skip,
             backoff=space.backoff,
             reference=space.reference,
+            solves=space.solves + 1,
         )
         if self.adaptive:
             new_space = adaptive_update(

@@ -35,6 +35,23 @@ class Flattener(eqx.Module):
             return jnp.reshape(leaves[0], -1).astype(self.dtype)
         return jnp.concatenate([jnp.reshape(x, -1).astype(self.dtype) for x in leaves])
 
+    @property
+    def vec_shape(self) -> tuple[int, ...]:
+        """The shape of the solver's working vectors: the operator's own array shape
+        when its structure is a single array, else the flat `(n,)`."""
+        return self.shapes[0] if len(self.shapes) == 1 else (self.size,)
+
+    def to_vec(self, tree: PyTree[Array]) -> Array:
+        """Like `ravel`, but keeps a single array's own shape (see `vec_shape`)."""
+        if len(self.shapes) == 1:
+            return jtu.tree_leaves(tree)[0].astype(self.dtype)
+        return self.ravel(tree)
+
+    def from_vec(self, vec: Array) -> PyTree[Array]:
+        if len(self.shapes) == 1:
+            return jtu.tree_unflatten(self.treedef, [vec])
+        return self.unravel(vec)
+
     def unravel(self, flat: Array) -> PyTree[Array]:
         out, start = [], 0
         for shape in self.shapes:
@@ -116,6 +133,22 @@ def get_y0(flat: Flattener, vector: PyTree[Array], options: dict[str, Any], name
 
 def flat_matvec(operator, flat: Flattener) -> Callable[[Array], Array]:
     return lambda x: flat.ravel(operator.mv(flat.unravel(x)))
+
+
+def vec_matvec(operator, flat: Flattener) -> Callable[[Array], Array]:
+    """`operator.mv` on working vectors of shape `flat.vec_shape`.
+
+    Keeping a grid-shaped operator's vectors in their grid shape matters on XLA:CPU:
+    a stencil fused with a reshape to a flat output costs ~2x per product (measured:
+    Darcy 128^2, 0.10 vs 0.055 ms per CG iteration).
+    """
+    return lambda x: flat.to_vec(operator.mv(flat.from_vec(x)))
+
+
+def vec_precond(preconditioner, flat: Flattener) -> Callable[[Array], Array]:
+    if preconditioner is None:
+        return lambda x: x
+    return lambda x: flat.to_vec(preconditioner.mv(flat.from_vec(x)))
 
 
 def flat_precond(preconditioner, flat: Flattener) -> Callable[[Array], Array]:

@@ -28,6 +28,8 @@ class RecycleSpace(eqx.Module):
         detects a useless space (see `GCRODR(adaptive=...)`): `skip` solves to run
         without carrying it, the next back-off length, and the running number of
         matrix-vector products of solves that started without a carried space.
+    - `solves`: how many solves have used this space's lineage (counts every solve;
+        `DeflatedCG(harvest_every=h)` harvests on every `h`-th).
     """
 
     basis: Float[Array, "n k"]
@@ -36,6 +38,7 @@ class RecycleSpace(eqx.Module):
     skip: Int[Array, ""]
     backoff: Int[Array, ""]
     reference: Float[Array, ""]
+    solves: Int[Array, ""]
 
     @property
     def size(self) -> int:
@@ -52,6 +55,7 @@ def empty_space(n: int, k: int, dtype) -> RecycleSpace:
         skip=jnp.array(0, jnp.int32),
         backoff=jnp.array(1, jnp.int32),
         reference=jnp.array(0.0, dtype),
+        solves=jnp.array(0, jnp.int32),
     )
 
 
@@ -75,6 +79,7 @@ def check_space(space, n: int, k: int, dtype, name: str) -> RecycleSpace:
         skip=space.skip,
         backoff=space.backoff,
         reference=space.reference.astype(dtype),
+        solves=space.solves,
     )
 
 
@@ -142,4 +147,5 @@ def adaptive_update(
         skip=skip.astype(jnp.int32),
         backoff=backoff.astype(jnp.int32),
         reference=reference,
+        solves=space.solves,
     )
