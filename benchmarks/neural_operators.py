@@ -297,6 +297,7 @@ def train_pair(args, make_jax, make_torch, train, tests, label):
                   flush=True)
     result = {"label": label, "epochs": args.epochs, "schedule": args.schedule, "weight_decay": args.weight_decay,
               "lr": args.lr, "warmup": args.warmup, "ema": args.ema, "batch": args.batch,
+              "width": args.width, "modes": args.modes, "padding": args.padding,
               "n_train": len(x), "params_jaxnum": num_parameters(model), "params_neuralop": torch_params(tmodel),
               "sides": list(args.sides), "train_cpu_s": cpu,
               **evaluate(torch, eval_model(model, state), tavg if use_torch else None, xn, yn, tests)}
@@ -339,16 +340,19 @@ def task_darcy(args):
     train, test33, test65 = darcy_data(args.data, args.n_train, args.n_test)
     train, tests = validation_split(args, train, {"33": test33, "65": test65})
     width, m = args.width or 32, args.modes or 12
+    # neuraloperator pads symmetrically (round(f n) points at each end of each axis)
+    pad = {"domain_padding": args.padding, "padding_mode": "symmetric"} if args.padding else {}
+    tpad = {"domain_padding": args.padding} if args.padding else {}
     out = []
     for label, make_jax, kw in [
-        ("FNO", lambda: FNO(1, 1, (m, m), width, key=jr.PRNGKey(0), dtype=jnp.float32), {}),
-        ("TFNO-tucker", lambda: TFNO(1, 1, (m, m), width, key=jr.PRNGKey(0), rank=args.rank, dtype=jnp.float32),
-         {"factorization": "tucker", "rank": args.rank}),
+        ("FNO", lambda: FNO(1, 1, (m, m), width, key=jr.PRNGKey(0), dtype=jnp.float32, **pad), {}),
+        ("TFNO-tucker", lambda: TFNO(1, 1, (m, m), width, key=jr.PRNGKey(0), rank=args.rank, dtype=jnp.float32,
+                                     **pad), {"factorization": "tucker", "rank": args.rank}),
     ]:
         if label.split("-")[0].lower() not in args.models:
             continue
-        out.append(train_pair(args, make_jax, lambda kw=kw: torch_fno(1, 1, (m, m), width, **kw), train, tests,
-                              f"darcy {label}"))
+        out.append(train_pair(args, make_jax, lambda kw=kw: torch_fno(1, 1, (m, m), width, **kw, **tpad), train,
+                              tests, f"darcy {label}"))
     return out
 
 
@@ -516,6 +520,8 @@ def main(argv=None):
                    help="evaluate an exponential moving average of the weights with this decay (0: none)")
     p.add_argument("--width", type=int, default=0, help="burgers/darcy: FNO width (0: 64 / 32)")
     p.add_argument("--modes", type=int, default=0, help="burgers/darcy: modes per axis (0: 16 / 12)")
+    p.add_argument("--padding", type=float, default=0.0,
+                   help="darcy: domain padding, this fraction of each axis at each end (both sides)")
     p.add_argument("--val", type=int, default=0,
                    help="pilot: hold out the last VAL training samples as the only evaluation set")
     p.add_argument("--models", nargs="+", default=["fno", "tfno"], choices=["fno", "tfno"], help="darcy: which models")
