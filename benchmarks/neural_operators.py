@@ -414,7 +414,21 @@ CAPE_ROWS = {  # name -> (model, training)
     "CAPE-FNO+c": ("CAPE-FNO", "curriculum"),
     "FNO+pf": ("FNO", "pushforward"),
     "CAPE-FNO+pf": ("CAPE-FNO", "pushforward"),
+    "FNO-nu": ("FNO-nu", "teacher forcing"),
+    "FNO-nu+c": ("FNO-nu", "curriculum"),
 }
+
+
+class ParameterChannels(eqx.Module):
+    """A plain model given the PDE parameters as extra constant input channels, the
+    naive conditioning that CAPE's parameter-guided attention is an alternative to
+    (`model` takes `channels + num_parameters` input channels)."""
+
+    model: eqx.Module
+
+    def __call__(self, u, p):
+        c = jnp.broadcast_to(p.astype(u.dtype).reshape((-1,) + (1,) * (u.ndim - 1)), (p.shape[0],) + u.shape[1:])
+        return self.model(jnp.concatenate([u, c], axis=0))
 
 
 def task_cape(args):
@@ -446,9 +460,11 @@ def task_cape(args):
     curriculum = TanhCurriculum(*args.cape_curriculum)
 
     def make(model, seed):
-        fno = FNO(1, 1, (modes,), width, key=jr.PRNGKey(seed), dtype=jnp.float32)
+        fno = FNO(2 if model == "FNO-nu" else 1, 1, (modes,), width, key=jr.PRNGKey(seed), dtype=jnp.float32)
         if model == "FNO":
             return fno
+        if model == "FNO-nu":
+            return ParameterChannels(fno)
         return CAPE(fno, 1, 1, 1, key=jr.PRNGKey(seed + 1000), modes=8, dtype=jnp.float32)
 
     def objective(training):
@@ -537,7 +553,8 @@ def main(argv=None):
     p.add_argument("--cape-width", type=int, default=32)
     p.add_argument("--cape-modes", type=int, default=12)
     p.add_argument("--cape-runs", nargs="*", default=[], choices=list(CAPE_ROWS),
-                   help="cape: rows to train (default FNO FNO+c CAPE-FNO CAPE-FNO+c; +c: curriculum, +pf: pushforward)")
+                   help="cape: rows to train (default FNO FNO+c CAPE-FNO CAPE-FNO+c; +c: curriculum, +pf: pushforward; "
+                        "FNO-nu: plain FNO with the parameters as extra input channels)")
     p.add_argument("--cape-seeds", nargs="+", type=int, default=[0], help="cape: model/shuffle seeds")
     p.add_argument("--cape-loss", choices=["steps", "trajectory"], default="trajectory",
                    help="cape: relative L2 per step (mean over steps) or of the whole trajectory")
