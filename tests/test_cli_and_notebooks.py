@@ -10,6 +10,7 @@ from jaxnum.cli import main
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_bench_recycling_runs_small_and_reports_three_methods(capsys):
     code = main(["bench", "recycling", "--resolution", "12", "--samples", "5", "--restart", "12", "--recycle", "4"])
     out = capsys.readouterr().out
