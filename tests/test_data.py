@@ -678,3 +678,72 @@ def test_darcy_default_multigrid_resume_and_refusal(tmp_path):
     with pytest.raises(ValueError, match="preconditioner"):
         generate(problem, 6, full, seed=2, chunk_size=3, preconditioner=None, progress=False)
     assert _read_bytes(full) == before
+
+
+def test_coefficient_stored_once_as_a_view(tmp_path):
+    """Darcy's coefficient is its input: it is stored once, `params/coefficient` is a
+    virtual dataset onto `inputs[:, 0]` that reads the same values (also through the
+    loader, and after the file is moved elsewhere), and an interrupted run resumes to
+    the same bytes."""
+    import shutil
+
+    from jaxnum.pde import Darcy
+
+    problem = Darcy(8)
+    full = str(tmp_path / "full.h5")
+    generate(problem, 5, full, seed=4, chunk_size=2, progress=False)
+    path = str(tmp_path / "resumed.h5")
+
+    def interrupt(t):
+        if t == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        generate(problem, 5, path, seed=4, chunk_size=2, progress=False, on_chunk=interrupt)
+    with h5py.File(os.path.join(path + ".parts", "chunk_00000.h5")) as f:
+        assert "params/coefficient" not in f["samples"] and "inputs" in f["samples"]
+    generate(problem, 5, path, seed=4, chunk_size=2, progress=False)
+    assert _read_bytes(path) == _read_bytes(full)
+    moved = tmp_path / "elsewhere" / "moved.h5"
+    moved.parent.mkdir()
+    shutil.move(full, moved)
+    with h5py.File(moved) as f:
+        view = f["params/coefficient"]
+        assert view.is_virtual and view.shape == (5, 8, 8) and view.dtype == np.float64
+        coefficient, inputs = view[()], f["inputs"][()]
+        assert coefficient.tobytes() == np.ascontiguousarray(inputs[:, 0]).tobytes()
+        np.testing.assert_array_equal(view[3], inputs[3, 0])
+        np.testing.assert_array_equal(view[[0, 2, 4]], inputs[[0, 2, 4], 0])
+    for i in (0, 4):
+        expected = problem.sample_parameters(sample_key(4, i))["coefficient"]
+        np.testing.assert_array_equal(coefficient[i], expected)
+    assert dataset_info(str(moved))["shapes"]["params/coefficient"] == (5, 8, 8)
+    loader = DataLoader(str(moved), 2, fields=("params/coefficient", "inputs"))
+    batches = list(loader.batches(jr.PRNGKey(0)))
+    assert sum(len(b["inputs"]) for b in batches) == 5
+    for b in batches:
+        np.testing.assert_array_equal(b["params/coefficient"], b["inputs"][:, 0])
+
+
+def test_parameters_in_inputs_is_checked(tmp_path):
+    from jaxnum.pde import Darcy
+
+    class WrongChannel(Darcy):
+        def parameters_in_inputs(self):
+            return {"coefficient": 1}
+
+    class WrongValues(Darcy):
+        def inputs(self, params):
+            return 2.0 * params["coefficient"][None]
+
+    class WrongName(ToyDarcy):
+        def parameters_in_inputs(self):
+            return {"theta": 0}
+
+    for bad in (WrongChannel(8), WrongName()):
+        with pytest.raises(ValueError, match="parameters_in_inputs"):
+            generate(bad, 3, str(tmp_path / "bad.h5"), seed=0, progress=False)
+        assert not os.path.exists(str(tmp_path / "bad.h5.parts"))
+    with pytest.raises(RuntimeError, match="differ"):
+        generate(WrongValues(8), 3, str(tmp_path / "values.h5"), seed=0, progress=False)
+    assert not os.path.exists(str(tmp_path / "values.h5"))

@@ -249,3 +249,30 @@ def test_float32_cycle_inside_float64_cg(res, ndim):
     np.testing.assert_allclose(np.asarray(x32).ravel(), exact, rtol=1e-8, atol=1e-12 * np.abs(exact).max())
     # Same dtype as the operator: nothing to convert.
     assert jl.multigrid(op, dtype="float64").io_dtype is None
+
+
+@pytest.mark.parametrize(("res", "ndim"), [(20, 2), (8, 3)])
+def test_default_hierarchy_and_float32_setup(res, ndim):
+    # The default coarsest grid has at most 8 cells; the float32 hierarchy (built in
+    # float32 from the rounded finest weights) agrees with the float64 one to float32
+    # accuracy; the Gershgorin bound is the row-sum formula.
+    from jaxnum.linalg._multigrid import _gershgorin
+
+    _, _, op, _ = _darcy(res, ndim)
+    M64 = jl.multigrid(op)
+    M32 = jl.multigrid(op, dtype="float32")
+    assert int(np.prod(M64.grid_shapes[-1])) <= 8 < int(np.prod(M64.grid_shapes[-2]))
+    assert M32.grid_shapes == M64.grid_shapes
+    for w32, w64, d32, l32, l64 in zip(M32.weights, M64.weights, M32.diag, M32.lmax, M64.lmax):
+        assert w32.dtype == d32.dtype == l32.dtype == jnp.float32
+        scale = float(jnp.max(jnp.abs(w64)))
+        np.testing.assert_allclose(np.asarray(w32, np.float64), w64, rtol=0, atol=1e-6 * scale)
+        np.testing.assert_allclose(float(l32), float(l64), rtol=1e-6)
+    assert M32.coarse_inverse.dtype == jnp.float32
+    np.testing.assert_allclose(
+        np.asarray(M32.coarse_inverse, np.float64), M64.coarse_inverse,
+        rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(M64.coarse_inverse))),
+    )
+    w = np.asarray(M64.weights[0])
+    expected = np.max(1 + np.sum(np.abs(w[1:]), axis=0) / np.abs(w[0]))
+    np.testing.assert_allclose(float(_gershgorin(M64.weights[0])), expected, rtol=1e-14)

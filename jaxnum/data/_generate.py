@@ -399,6 +399,35 @@ def _final_attrs(problem, config):
     }
 
 
+def _input_aliases(problem, one_params) -> dict[str, int]:
+    """`problem.parameters_in_inputs()`, checked against the shapes: `{leaf name:
+    input channel}` for parameter leaves stored only as a view of `inputs`."""
+    aliases = dict(problem.parameters_in_inputs())
+    if not aliases:
+        return {}
+    leaves = {
+        _leaf_name(path_): leaf for path_, leaf in jtu.tree_flatten_with_path(one_params)[0]
+    }
+    inputs = jax.eval_shape(problem.inputs, one_params)
+    for name, channel in aliases.items():
+        leaf = leaves.get(name)
+        if (
+            leaf is None
+            or not isinstance(channel, (int, np.integer))
+            or not 0 <= channel < inputs.shape[0]
+            or leaf.shape != inputs.shape[1:]
+            or leaf.dtype != inputs.dtype
+        ):
+            raise ValueError(
+                f"{type(problem).__name__}.parameters_in_inputs() maps {name!r} to input "
+                f"channel {channel!r}, but the parameters are "
+                f"{ {k: (v.shape, str(v.dtype)) for k, v in leaves.items()} } and the "
+                f"inputs {inputs.shape} {inputs.dtype}: it must name a parameter leaf "
+                "with the shape and dtype of one input channel."
+            )
+    return {name: int(ch) for name, ch in sorted(aliases.items())}
+
+
 def _generate_elliptic(
     problem, solver, preconditioner, config, path, parts, manifest, progress, on_chunk
 ):
@@ -407,6 +436,7 @@ def _generate_elliptic(
     # solves (a resumed run draws the chunks it still needs with the same program).
     one = jax.eval_shape(lambda: _sample(problem, jr.PRNGKey(seed), 0))
     param_bytes = N * sum(x.size * x.dtype.itemsize for x in jtu.tree_leaves(one))
+    aliases = _input_aliases(problem, one)  # (checked before any work)
     all_params = None
     if manifest is None:
         all_params, feats = _draw(
@@ -482,6 +512,16 @@ def _generate_elliptic(
             samples = _flat_samples(arrays, ok)
             for path_, leaf in jtu.tree_flatten_with_path(params)[0]:
                 samples["params/" + _leaf_name(path_)] = _flat_samples(leaf, ok)
+            for name, channel in aliases.items():
+                # Stored once, in `inputs` (`params/<name>` becomes a view of it).
+                leaf = samples.pop("params/" + name)
+                view = np.ascontiguousarray(samples["inputs"][:, channel])
+                if leaf.tobytes() != view.tobytes():
+                    raise RuntimeError(
+                        f"{type(problem).__name__}.parameters_in_inputs() says the "
+                        f"parameter {name!r} is input channel {channel}, but their "
+                        "values differ: fix the problem's parameters_in_inputs()."
+                    )
             index = idx.reshape(-1)[ok]
             samples["index"] = index
             samples["stats/solve_position"] = position[index]
@@ -501,7 +541,10 @@ def _generate_elliptic(
             "`stats/result` and `stats/residual` in the file.",
             stacklevel=3,
         )
-    st.assemble(path, parts, K, N, _final_attrs(problem, config), {"order": order}, cached)
+    virtual = {"params/" + name: ("inputs", ch) for name, ch in aliases.items()}
+    st.assemble(
+        path, parts, K, N, _final_attrs(problem, config), {"order": order}, cached, virtual
+    )
 
 
 def _generate_time_dependent(problem, config, path, parts, manifest, progress, on_chunk):

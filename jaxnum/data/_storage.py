@@ -76,6 +76,27 @@ def _put(group: h5py.Group, name: str, value) -> None:
     group.create_dataset(name, data=np.asarray(value), track_times=False)
 
 
+def _put_view(f: h5py.File, name: str, source: h5py.Dataset, channel: int) -> None:
+    """`f[name]` as a virtual dataset equal to `source[:, channel]`, mapped onto the
+    same file (source file `"."`, so copying or renaming the file keeps it
+    readable). Built through the low-level API to leave out the creation timestamp
+    (two runs give the same bytes), as `_put` does."""
+    from h5py import h5d, h5p, h5s, h5t
+
+    n, _, *grid = source.shape
+    src_space = source.id.get_space()
+    src_space.select_hyperslab((0, channel, *[0] * len(grid)), (n, 1, *grid))
+    space = h5s.create_simple((n, *grid))
+    dcpl = h5p.create(h5p.DATASET_CREATE)
+    dcpl.set_obj_track_times(False)
+    dcpl.set_virtual(space, b".", source.name.encode(), src_space)
+    parent, _, leaf = name.rpartition("/")
+    group = f.require_group(parent) if parent else f
+    h5d.create(
+        group.id, leaf.encode(), h5t.py_create(source.dtype, logical=1), space, dcpl=dcpl
+    )
+
+
 def config_json(config: Mapping[str, Any]) -> str:
     return json.dumps(config, sort_keys=True, separators=(",", ":"))
 
@@ -242,6 +263,7 @@ def assemble(
     attrs: Mapping[str, Any],
     extra: Mapping[str, np.ndarray],
     cached: Mapping[int, Mapping[str, np.ndarray]] | None = None,
+    virtual: Mapping[str, tuple[str, int]] | None = None,
 ) -> None:
     """Assembles the finished chunks into `path`, in sample-index order; then removes
     the work directory. A dataset of at most `_IN_MEMORY_BYTES` is put together in
@@ -251,9 +273,12 @@ def assemble(
     files), which are then not read back.
 
     Sample arrays are stored under their names; names with a `/` become groups
-    (`params/a`, `stats/residual`).
+    (`params/a`, `stats/residual`). `virtual` maps a name to `(source, channel)`:
+    that dataset is an HDF5 virtual dataset reading `source[:, channel]` of the same
+    file (stored once; the file stays self-contained, the source is named `"."`).
     """
     cached = {} if cached is None else cached
+    virtual = {} if virtual is None else virtual
     tmp = os.fspath(path) + ".tmp"
     if os.path.exists(tmp):
         os.remove(tmp)  # a previous assembly that was interrupted
@@ -271,6 +296,8 @@ def assemble(
                     samples = dict(cached[chunk])
                 else:
                     samples = read_chunk_samples(parts, chunk)
+                for name in virtual:  # (parts written before views existed)
+                    samples.pop(name, None)
                 index = np.asarray(samples.pop("index"))
                 sort = np.argsort(index, kind="stable")
                 index = index[sort]
@@ -300,6 +327,8 @@ def assemble(
                     if value.size:
                         f[name][...] = value
                 del buffers
+            for name, (source, channel) in sorted(virtual.items()):
+                _put_view(f, name, f[source], channel)
             if not np.all(seen):
                 raise RuntimeError(
                     f"{int(np.sum(~seen))} samples are missing from the partial dataset."

@@ -229,6 +229,10 @@ class Poisson(_AbstractSPDProblem):
     def inputs(self, params):
         return params["source"][None]
 
+    def parameters_in_inputs(self):
+        """`{"source": 0}`: the input is the sampled source itself."""
+        return {"source": 0}
+
     def features(self, params):
         return _pool(params["source"])
 
@@ -318,6 +322,10 @@ class Darcy(_AbstractSPDProblem):
 
     def inputs(self, params):
         return params["coefficient"][None]
+
+    def parameters_in_inputs(self):
+        """`{"coefficient": 0}`: the input is the sampled coefficient itself."""
+        return {"coefficient": 0}
 
     def features(self, params):
         return _pool(jnp.log(params["coefficient"]))
@@ -508,6 +516,10 @@ class ConvectionDiffusion(AbstractFiniteVolumeProblem):
             jnp.reshape(params["velocity"], (-1,) + (1,) * a.ndim), (a.ndim, *a.shape)
         )
         return jnp.concatenate([a[None], v.astype(a.dtype)])
+
+    def parameters_in_inputs(self):
+        """`{"coefficient": 0}`: the first input channel is the coefficient."""
+        return {"coefficient": 0}
 
     def scalar_parameters(self, params):
         return jnp.asarray(params["velocity"]).reshape(-1)

@@ -63,6 +63,18 @@ class AbstractProblem(eqx.Module):
 
         return jnp.zeros((0,))
 
+    def parameters_in_inputs(self) -> dict[str, int]:
+        """Parameter leaves that `inputs(params)` reproduces exactly as one channel:
+        `{leaf name: channel}`, the leaf name as stored under `params/` in a dataset
+        (e.g. `{"coefficient": 0}` for Darcy, whose input is the coefficient itself).
+
+        `jaxnum.data.generate` stores such a leaf once, in `inputs`, and makes
+        `params/<name>` an HDF5 virtual dataset onto that channel (read the same
+        way, no second copy). It checks every chunk that the values are indeed
+        identical. Default: none.
+        """
+        return {}
+
 
 class AbstractEllipticProblem(AbstractProblem):
     """A steady problem `A(p) u = f(p)`: one linear solve per sample."""
