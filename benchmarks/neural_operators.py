@@ -19,8 +19,12 @@ Tasks (`--task`):
   with teacher forcing and with the tanh curriculum (`jaxnum.train.Autoregressive`),
   rollout nRMSE from the initial state.
 
-Accuracy tasks share one recipe on both sides (`--schedule`, `--weight-decay`): AdamW
-with cosine decay by default. `--sides jaxnum` trains the jaxnum model only.
+Accuracy tasks share one recipe on both sides (`--batch`, `--lr`, `--schedule`,
+`--warmup`, `--weight-decay`, `--ema`): AdamW with cosine decay by default, the rate of
+every step taken from one optax schedule on both sides. The recipe of
+`benchmarks/README.md` is `--batch 5` with the other defaults. `--val k` is for pilot
+runs: it holds out the last k training samples and evaluates on those only.
+`--sides jaxnum` trains the jaxnum model only.
 
 Thread pinning (both sides): `XLA_FLAGS=--xla_cpu_multi_thread_eigen=false
 intra_op_parallelism_threads=1`, `OMP_NUM_THREADS=1`, `torch.set_num_threads(1)`.
