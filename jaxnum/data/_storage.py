@@ -298,9 +298,9 @@ def assemble(
                     samples = read_chunk_samples(parts, chunk)
                 for name in virtual:  # (parts written before views existed)
                     samples.pop(name, None)
-                index = np.asarray(samples.pop("index"))
-                sort = np.argsort(index, kind="stable")
-                index = index[sort]
+                unsorted = np.asarray(samples.pop("index"))
+                sort = np.argsort(unsorted, kind="stable")
+                index = unsorted[sort]
                 if np.any(seen[index]) or np.unique(index).size != index.size:
                     raise RuntimeError(f"Chunk {chunk} repeats samples: the partial dataset is corrupt.")
                 seen[index] = True
@@ -318,8 +318,8 @@ def assemble(
                         created.add(name)
                         if buffers is not None:
                             buffers[name] = np.zeros(shape, value.dtype)
-                    if buffers is not None:
-                        buffers[name][index] = value[sort]
+                    if buffers is not None:  # (a permutation: no sorted copy needed)
+                        buffers[name][unsorted] = value
                     elif value.size:  # (h5py cannot select rows of an empty dataset)
                         f[name][index] = value[sort]
             if buffers is not None:
