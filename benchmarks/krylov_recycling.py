@@ -21,7 +21,9 @@ previous P solutions (`solve_sequence(warm_start=P)`), both for the recycling so
 and for plain GMRES(40)/CG, so that the warm start's own share is visible. The "no
 carry" rows stay independent solves from zero. GCRO-DR runs with
 `harvest_every=2` (`--harvest-every`), the same in every GCRO-DR row, "no carry"
-included; DeflatedCG with its default `harvest_keep = k // 2` (`--dcg-keep`).
+included; DeflatedCG with its default `harvest_keep = k // 2` (`--dcg-keep`), and with
+`--dcg-cheap K H` also `DeflatedCG(recycle=K, harvest_every=H)` in similarity order
+(a smaller space harvested on every H-th solve only).
 
 Times are the process CPU time per system (every side single-threaded, so this is
 the compute each side spent, independent of other load on a shared machine); wall
@@ -37,7 +39,6 @@ products are counted by wrapping the operator (separate, untimed runs for peers)
 
 import os
 
-
 # Pin threads alike for every side before numpy/jax are imported.
 os.environ.setdefault(
     "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
@@ -45,30 +46,28 @@ os.environ.setdefault(
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
+import argparse
+import json
+import time
 
-import jax  # noqa: E402
-
+import jax
 
 jax.config.update("jax_enable_x64", True)
 
-import jax.numpy as jnp  # noqa: E402
-import jax.random as jr  # noqa: E402
-import lineax as lx  # noqa: E402
-import numpy as np  # noqa: E402
-import scipy.sparse as sp  # noqa: E402
-import scipy.sparse.linalg as spla  # noqa: E402
+import jax.numpy as jnp
+import jax.random as jr
+import lineax as lx
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
 
-import jaxnum.linalg as jl  # noqa: E402
-from jaxnum._families import (  # noqa: E402
+import jaxnum.linalg as jl
+from jaxnum._families import (
     convection_diffusion_family,
     darcy_family,
     gaussian_random_field,
     helmholtz_family,
 )
-
 
 RTOL = 1e-8
 M, K = 40, 20
@@ -83,7 +82,7 @@ def smooth_family(key, num, shape, modes=6, sigma=1.0):
     axes = [(jnp.arange(n) + 1.0) / (n + 1) for n in shape]
     grids = jnp.meshgrid(*axes, indexing="ij")
     cands = []
-    rng = range(0, 4)
+    rng = range(4)
     for ks in np.ndindex(*(len(rng),) * len(shape)):
         if not any(ks):
             continue
@@ -105,7 +104,7 @@ def make_case(name, num, seed):
         n = int(name[1:])
         params = smooth_family(key, num, (n, n))
         vel = jnp.asarray([10.0, 5.0])
-        make = lambda p: convection_diffusion_family(p, vel)  # noqa: E731
+        make = lambda p: convection_diffusion_family(p, vel)
         return params, make, jnp.ones((n, n)), False, f"conv-diff 2D {n}^2, |v|=11, log-normal KL-6 GRF"
     if name == "b128":
         params = gaussian_random_field(key, num, (128, 128))
@@ -187,14 +186,14 @@ def run_case(name, args):
     def record(label, mv, clocks, sols, note="", per=1):
         res = [np.linalg.norm(b_np - mats[i] @ np.asarray(sols[i]).ravel()) / bnorm for i in range(min(P, len(sols)))]
         err = [np.linalg.norm(np.asarray(sols[i]).ravel() - refs[i]) / np.linalg.norm(refs[i]) for i in range(min(P, len(sols)))] if refs else [0.0]
-        rows[label] = dict(
-            matvecs=float(np.median(mv)) if mv is not None else float("nan"),
-            time=float(sum(c.cpu for c in clocks) / per),
-            wall=float(sum(c.wall for c in clocks) / per),
-            max_residual=float(np.max(res)),
-            max_error_vs_spsolve=float(np.max(err)),
-            note=note,
-        )
+        rows[label] = {
+            "matvecs": float(np.median(mv)) if mv is not None else float("nan"),
+            "time": float(sum(c.cpu for c in clocks) / per),
+            "wall": float(sum(c.wall for c in clocks) / per),
+            "max_residual": float(np.max(res)),
+            "max_error_vs_spsolve": float(np.max(err)),
+            "note": note,
+        }
         r = rows[label]
         print(f"  {label:34s} matvecs/sys {r['matvecs']:8.0f}  cpu/sys {r['time']*1e3:9.1f} ms  wall/sys {r['wall']*1e3:9.1f} ms  "
               f"max resid {r['max_residual']:.1e}  err vs spsolve {r['max_error_vs_spsolve']:.1e} {note}", flush=True)
@@ -279,7 +278,7 @@ def run_case(name, args):
     if symmetric:
         indep = {"jaxnum CG": jl.CG(RTOL, 0.0), "jaxnum DeflatedCG, no carry": None}
         rec = jl.DeflatedCG(RTOL, 0.0, recycle=args.dcg_recycle, harvest_keep=args.dcg_keep)
-        rec_name = "DeflatedCG(k=%d)" % args.dcg_recycle
+        rec_name = f"DeflatedCG(k={args.dcg_recycle})"
     else:
         indep = {"jaxnum GMRES(40)": jl.GMRES(RTOL, 0.0, restart=M), "jaxnum GCRO-DR(40,20), no carry": None}
         rec = jl.GCRODR(RTOL, 0.0, restart=M, recycle=K, harvest_every=args.harvest_every)
@@ -287,21 +286,30 @@ def run_case(name, args):
     sub = take(params, slice(0, P))
     for label, solver in indep.items():
         if solver is None:  # the recycling solver, with nothing carried between systems
-            fn = lambda q, s=rec: jax.lax.map(  # noqa: E731
-                lambda p: (lambda sol: (sol.value, sol.stats["num_matvecs"]))(
-                    lx.linear_solve(make(p), rhs, s, throw=False)), q)
+            def one(p, s=rec):
+                sol = lx.linear_solve(make(p), rhs, s, throw=False)
+                return sol.value, sol.stats["num_matvecs"]
+
+            fn = lambda q, one=one: jax.lax.map(one, q)
             (xs, mv), t = time_sequence(fn, sub)
         else:
-            fn = lambda q, s=solver: jl.solve_sequence(make, q, rhs, s, order="given", throw=False)  # noqa: E731
+            fn = lambda q, s=solver: jl.solve_sequence(make, q, rhs, s, order="given", throw=False)
             out, t = time_sequence(fn, sub)
             xs, mv = out.value, out.stats["num_matvecs"]
         record(label, np.asarray(mv), [t], list(xs), per=P)
-    for order in ("given", "similarity"):
-        fn = lambda q, o=order: jl.solve_sequence(make, q, rhs, rec, order=o, throw=False)  # noqa: E731
+    runs = [(rec, rec_name, order) for order in ("given", "similarity")]
+    if symmetric and args.dcg_cheap:
+        # The cheaper configuration (session 4): a smaller space, harvested (eigCG +
+        # Rayleigh-Ritz) only on every h-th solve and carried unchanged in between.
+        k2, h2 = args.dcg_cheap
+        cheap = jl.DeflatedCG(RTOL, 0.0, recycle=k2, harvest_every=h2)
+        runs.append((cheap, f"DeflatedCG(k={k2}, harvest_every={h2})", "similarity"))
+    for solver, name_, order in runs:
+        fn = lambda q, o=order, s=solver: jl.solve_sequence(make, q, rhs, s, order=o, throw=False)
         out, t = time_sequence(fn, params)
         mv = np.asarray(out.stats["num_matvecs"])
         carried = float(np.mean(np.asarray(out.stats["carried"])))
-        record(f"jaxnum {rec_name}, {order}", mv, [t], list(out.value[:P]),
+        record(f"jaxnum {name_}, {order}", mv, [t], list(out.value[:P]),
                note=f"(all {N}; carried {carried:.0%})", per=N)
     if args.warm_start:
         # Warm start along the similarity-ordered sequence (the minimal-residual
@@ -348,12 +356,16 @@ def ratios(name, rows):
             out["time lineax GMRES(40) / GCRO-DR sim+warm"] = rows["lineax GMRES(40)"]["time"] / sw["time"]
             out["time scipy GMRES(40) / GCRO-DR sim+warm"] = rows["scipy gmres(40)"]["time"] / sw["time"]
     else:
-        d = rows[[k for k in rows if "DeflatedCG" in k and "similarity" in k][0]]
-        out["matvecs CG / DeflatedCG sim"] = rows["jaxnum CG"]["matvecs"] / d["matvecs"]
-        out["matvecs lineax CG / DeflatedCG sim"] = rows["lineax CG"]["matvecs"] / d["matvecs"]
-        out["time lineax CG / DeflatedCG sim"] = rows["lineax CG"]["time"] / d["time"]
-        out["time scipy cg / DeflatedCG sim"] = rows["scipy cg"]["time"] / d["time"]
-        out["time spsolve / DeflatedCG sim"] = rows["scipy spsolve"]["time"] / d["time"]
+        sims = [k for k in rows if "DeflatedCG" in k and k.endswith(", similarity")]
+        for key in sims:
+            d = rows[key]
+            tag = "" if key == sims[0] else " (" + key.split("jaxnum ")[1].split(", similarity")[0] + ")"
+            out[f"matvecs CG / DeflatedCG sim{tag}"] = rows["jaxnum CG"]["matvecs"] / d["matvecs"]
+            out[f"matvecs lineax CG / DeflatedCG sim{tag}"] = rows["lineax CG"]["matvecs"] / d["matvecs"]
+            out[f"time lineax CG / DeflatedCG sim{tag}"] = rows["lineax CG"]["time"] / d["time"]
+            out[f"time scipy cg / DeflatedCG sim{tag}"] = rows["scipy cg"]["time"] / d["time"]
+            out[f"time spsolve / DeflatedCG sim{tag}"] = rows["scipy spsolve"]["time"] / d["time"]
+        out["time lineax CG / jaxnum CG"] = rows["lineax CG"]["time"] / rows["jaxnum CG"]["time"]
         warm = [k for k in rows if "DeflatedCG" in k and "warm start" in k]
         if warm:
             dw = rows[warm[0]]
@@ -391,6 +403,8 @@ def main():
     parser.add_argument("--count-systems", type=int, default=3, help="systems whose JAX-peer matvecs are counted")
     parser.add_argument("--dcg-recycle", type=int, default=20)
     parser.add_argument("--harvest-every", type=int, default=2, help="GCRO-DR harvest_every (also for the no-carry rows)")
+    parser.add_argument("--dcg-cheap", type=int, nargs=2, metavar=("K", "H"), default=None,
+                        help="also run DeflatedCG(recycle=K, harvest_every=H) in similarity order (SPD cases)")
     parser.add_argument("--dcg-keep", type=int, default=None, help="DeflatedCG harvest_keep (default: recycle // 2)")
     parser.add_argument("--warm-start", type=int, default=4, help="previous solutions for the warm-start rows (0: no such rows)")
     parser.add_argument("--seed", type=int, default=0)
@@ -411,7 +425,7 @@ def main():
         if name == "a256":  # growth table only: fewer systems
             args.systems = max(10, n_sys // 10)
         desc, rows = run_case(name, args)
-        results[name] = dict(description=desc, rows=rows, ratios=ratios(name, rows))
+        results[name] = {"description": desc, "rows": rows, "ratios": ratios(name, rows)}
         args.systems = n_sys
     if args.json:
         print(json.dumps(results))

@@ -10,7 +10,6 @@ import jaxnum.linalg as jl
 
 from .helpers import counting_operator, random_matrix, to_scipy
 
-
 RTOL = 1e-10
 NONSYM = [
     ("gmres", lambda: jl.GMRES(rtol=RTOL, atol=0.0, restart=30)),
@@ -297,3 +296,157 @@ def test_long_restart_cycles_converge_on_a_pde_matrix():
         assert sol.result == lx.RESULTS.successful
         x = np.asarray(sol.value).ravel()
         assert np.linalg.norm(x - ref) <= 1e-7 * np.linalg.norm(ref)
+
+
+# ------------------------------------------------------- session 4: cheaper deflation
+def _spd_with_small_cluster(rng, n, small=6):
+    """SPD with `small` well-separated small eigenvalues (what deflation is for)."""
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    ev = np.concatenate([np.geomspace(1e-4, 1e-3, small), np.geomspace(1e-2, 1.0, n - small)])
+    return (q * ev) @ q.T
+
+
+def test_cg_grid_shaped_and_flat_operators_agree():
+    # The CG loop keeps a grid-shaped operator's vectors in the grid shape; a flat
+    # BCOO operator and a PyTree-structured operator take the flat path. Same
+    # iterates, same counts, both agree with spsolve.
+    rng = np.random.default_rng(20)
+    n = 12
+    op = jl.diffusion_operator(jnp.asarray(np.exp(0.5 * rng.standard_normal((n, n)))))
+    b = jnp.asarray(rng.standard_normal((n, n)))
+    sparse = jl.SparseOperator(op.as_bcoo(), lx.positive_semidefinite_tag)
+    s1 = _solve(op, b, jl.CG(rtol=RTOL, atol=0.0))
+    s2 = _solve(sparse, b.ravel(), jl.CG(rtol=RTOL, atol=0.0))
+    ref = spla.spsolve(to_scipy(op).tocsc(), np.asarray(b).ravel())
+    scale = np.abs(ref).max()
+    np.testing.assert_allclose(np.asarray(s1.value).ravel(), ref, rtol=0, atol=1e-8 * scale)
+    np.testing.assert_allclose(np.asarray(s2.value), ref, rtol=0, atol=1e-8 * scale)
+    assert int(s1.stats["num_matvecs"]) == int(s2.stats["num_matvecs"])
+    # A two-leaf PyTree structure (flat path through the Flattener).
+    A = np.asarray(op.as_matrix())
+    half = n * n // 2
+
+    def mv(t):
+        y = jnp.asarray(A) @ jnp.concatenate([t[0], t[1]])
+        return (y[:half], y[half:])
+
+    struct = (jax.ShapeDtypeStruct((half,), jnp.float64),) * 2
+    tree_op = lx.FunctionLinearOperator(mv, struct, lx.positive_semidefinite_tag)
+    flat_b = np.asarray(b).ravel()
+    s3 = lx.linear_solve(tree_op, (jnp.asarray(flat_b[:half]), jnp.asarray(flat_b[half:])),
+                         jl.DeflatedCG(rtol=RTOL, atol=0.0, recycle=3, deflation="init"))
+    np.testing.assert_allclose(np.concatenate([np.asarray(v) for v in s3.value]), ref,
+                               rtol=0, atol=1e-8 * scale)
+
+
+def test_deflated_cg_harvest_every_space_and_counts():
+    # harvest_every=3: solves 0 (fresh) and 3 harvest; 1 and 2 carry the space
+    # unchanged with its image recomputed for their own operator. Every product is
+    # counted (a counting operator counts batched products per column).
+    rng = np.random.default_rng(21)
+    n, k = 120, 4
+    A0 = _spd_with_small_cluster(rng, n, small=k)
+    E = rng.standard_normal((n, n))
+    solver = jl.DeflatedCG(rtol=1e-9, atol=0.0, recycle=k, harvest=3 * k,
+                           harvest_every=3, adaptive=False)
+    space = None
+    counts_dcg, counts_cg = [], []
+    for i in range(4):
+        A = A0 + 1e-5 * (i + 1) * (E @ E.T) / n
+        b = rng.standard_normal(n)
+        counter = [0]
+        op = counting_operator(A, counter, lx.positive_semidefinite_tag)
+        options = {} if space is None else {"recycle": space}
+        sol = lx.linear_solve(op, jnp.asarray(b), solver, options=options, throw=False)
+        jax.effects_barrier()
+        assert sol.result == lx.RESULTS.successful
+        np.testing.assert_allclose(np.asarray(sol.value), np.linalg.solve(A, b), rtol=1e-6)
+        assert float(sol.stats["residual"]) <= 1e-9 * 1.0001
+        assert int(sol.stats["num_matvecs"]) == counter[0]
+        new = sol.stats["recycle"]
+        assert int(new.solves) == i + 1 and bool(new.active)
+        W, AW = np.asarray(new.basis), np.asarray(new.image)
+        if i in (1, 2):  # not harvested: the carried basis, its image for this A
+            np.testing.assert_array_equal(W, np.asarray(space.basis))
+        if i > 0:
+            np.testing.assert_allclose(A @ W, AW, atol=1e-10 * np.abs(A).max())
+        if i == 3:
+            assert not np.allclose(W, np.asarray(space.basis))
+        space = new
+        counts_dcg.append(counter[0])
+        counts_cg.append(int(_solve(lx.MatrixLinearOperator(jnp.asarray(A), lx.positive_semidefinite_tag),
+                                    jnp.asarray(b), jl.CG(rtol=1e-9, atol=0.0)).stats["num_matvecs"]))
+    # The harvested space deflates the small cluster: far fewer products than CG.
+    assert max(counts_dcg[1:]) < 0.85 * min(counts_cg[1:])
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_init_cg_on_multiple_right_hand_sides(every):
+    # init-CG (Stathopoulos and Orginos 2010): the same Darcy operator, new right-hand
+    # sides; only the starting guess is deflated, then plain CG with a Galerkin
+    # restart. (On sequences whose operator changes it does not pay: see the docs.)
+    rng = np.random.default_rng(22)
+    n = 32
+    op = jl.diffusion_operator(jnp.asarray(np.exp(rng.standard_normal((n, n)))))
+    solver = jl.DeflatedCG(rtol=1e-9, atol=0.0, recycle=8, deflation="init",
+                           harvest_every=every, adaptive=False)
+    B = jnp.asarray(rng.standard_normal((4, n, n)))
+
+    def step(space, b):
+        sol = lx.linear_solve(op, b, solver, options={"recycle": space}, throw=False)
+        return sol.stats["recycle"], (sol.value, sol.result, sol.stats["num_matvecs"],
+                                      sol.stats["num_restarts"])
+
+    space0 = solver.empty_recycle(op)
+    _, (X, res, mv, restarts) = jax.jit(lambda s, B: jax.lax.scan(step, s, B))(space0, B)
+    assert bool(jnp.all(res == lx.RESULTS.successful))
+    A = np.asarray(op.as_matrix())
+    ref = np.linalg.solve(A, np.asarray(B).reshape(4, -1).T).T
+    np.testing.assert_allclose(np.asarray(X).reshape(4, -1), ref, rtol=0, atol=1e-7 * np.abs(ref).max())
+    cg_mv = np.array([int(_solve(op, b, jl.CG(rtol=1e-9, atol=0.0)).stats["num_matvecs"]) for b in B])
+    mv = np.asarray(mv)
+    assert mv[0] <= cg_mv[0] + 2  # fresh: plain CG (no Galerkin restarts without a space)
+    assert np.all(mv[1:] < 0.88 * cg_mv[1:]), (mv, cg_mv)
+    assert np.all(np.asarray(restarts)[1:] >= 1)  # the Galerkin restart happened
+
+
+def test_cheap_deflation_bad_input():
+    for kwargs, match in (({"harvest_every": 0}, "harvest_every"), ({"deflation": "every"}, "deflation"),
+                          ({"restart_factor": 1.5}, "restart_factor")):
+        with pytest.raises(ValueError, match=match):
+            jl.DeflatedCG(rtol=1e-8, atol=0.0, **kwargs)
+
+
+@pytest.mark.slow
+def test_cheap_deflation_vmap_gradient_float32():
+    rng = np.random.default_rng(23)
+    n = 8
+    a0 = jnp.asarray(np.exp(0.3 * rng.standard_normal((n, n))))
+    target = jnp.asarray(rng.standard_normal((n, n)))
+    solver = jl.DeflatedCG(rtol=1e-11, atol=0.0, recycle=3, deflation="init", harvest_every=2)
+    first = lx.linear_solve(jl.diffusion_operator(a0), jnp.ones((n, n)), solver)
+    space = first.stats["recycle"]  # carried, not harvested at the next solve
+
+    def loss(theta):
+        op = jl.diffusion_operator(a0 * jnp.exp(theta))
+        x = lx.linear_solve(op, jnp.ones((n, n)), solver, options={"recycle": space}).value
+        return jnp.sum((x - target) ** 2)
+
+    theta = jnp.asarray(0.1 * rng.standard_normal((n, n)))
+    direction = jnp.asarray(rng.standard_normal((n, n)))
+    g = jax.jit(jax.grad(loss))(theta)
+    fd = (jax.jit(loss)(theta + 1e-5 * direction) - jax.jit(loss)(theta - 1e-5 * direction)) / 2e-5
+    np.testing.assert_allclose(jnp.vdot(g, direction), fd, rtol=1e-5)
+    # vmap over right-hand sides with a carried space.
+    op = jl.diffusion_operator(a0)
+    Bs = jnp.asarray(rng.standard_normal((3, n, n)))
+    X = jax.jit(jax.vmap(lambda b: lx.linear_solve(op, b, solver, options={"recycle": space}).value))(Bs)
+    ref = np.linalg.solve(np.asarray(op.as_matrix()), np.asarray(Bs).reshape(3, -1).T).T
+    np.testing.assert_allclose(np.asarray(X).reshape(3, -1), ref, rtol=1e-8)
+    # float32.
+    op32 = jl.diffusion_operator(a0.astype(jnp.float32))
+    s32 = jl.DeflatedCG(rtol=1e-5, atol=0.0, recycle=3, deflation="init", harvest_every=2)
+    sp32 = lx.linear_solve(op32, jnp.ones((n, n), jnp.float32), s32, throw=False).stats["recycle"]
+    sol = lx.linear_solve(op32, jnp.ones((n, n), jnp.float32), s32, options={"recycle": sp32}, throw=False)
+    assert sol.value.dtype == jnp.float32 and sol.result == lx.RESULTS.successful
+    assert float(sol.stats["residual"]) <= 1.01e-5

@@ -253,7 +253,8 @@ def deflated_cg_loop(
     rnorm0 = jnp.linalg.norm(r)
     conv0 = rnorm0 <= tol
     max_windows = jnp.iinfo(jnp.int32).max if harvest_windows is None else harvest_windows
-    level0 = fzero if factor is None else factor * rnorm0
+    # No Galerkin restarts without a space (they would only restart CG).
+    level0 = fzero if factor is None else jnp.where(empty, 0.0, factor * rnorm0)
     init = _State(
         x, r, jnp.zeros((), dtype) if identity_precond else z, p, rz, mv, zero, zero, conv0, ~ok_input, jnp.array(True), V, T, zero,
         (fzero, fzero, zero), level0,
