@@ -344,10 +344,11 @@ class CG(lx.AbstractLinearSolver):
 def run_cg(
     solver, operator, vector, options, name, W=None, AW=None, harvest=0, ritz=0, mv0=0,
     harvest_windows=None, harvest_keep=None, harvest_on=None, every_step=True,
-    restart_factor=None,
+    restart_factor=None, deflate_on=None,
 ):
     """Checks and flattening around `deflated_cg_loop`. With a traced `harvest_on`,
-    the eigCG harvest runs only when it is true (the other branch is plain of it)."""
+    the eigCG harvest runs only when it is true; with a traced `deflate_on`, `W` is
+    used only when it is true."""
     flat = check_square(operator, name)
     preconditioner = get_preconditioner(operator, options, name)
     shape = flat.vec_shape
@@ -364,7 +365,7 @@ def run_cg(
             precond = lambda x: -base_precond(x)
         b = -b
 
-    def loop_fn(window, b, x0, W, AW, mv0):
+    def loop_fn(window, use_w, b, x0, W, AW, mv0):
         return deflated_cg_loop(
             matvec,
             precond,
@@ -374,8 +375,8 @@ def run_cg(
             rtol=solver.rtol,
             atol=solver.atol,
             max_steps=default_max_steps(solver.max_steps, flat.size),
-            W=W,
-            AW=AW,
+            W=W if use_w else None,
+            AW=AW if use_w else None,
             harvest=window,
             ritz=ritz,
             matvecs0=mv0,
@@ -388,15 +389,20 @@ def run_cg(
 
     AW = None if AW is None else sign * AW
     mv0 = jnp.asarray(mv0, jnp.int32)
-    if harvest and harvest_on is not None:
-        loop = lax.cond(
-            harvest_on,
-            lambda *a: loop_fn(harvest, *a),
-            lambda *a: loop_fn(0, *a),
-            b, x0, W, AW, mv0,
-        )
+    operands = (b, x0, W, AW, mv0)
+    if W is None or (deflate_on is None and (not harvest or harvest_on is None)):
+        loop = loop_fn(harvest, W is not None, *operands)
     else:
-        loop = loop_fn(harvest, b, x0, W, AW, mv0)
+        # Only the variants that can occur are compiled: a solve without a space
+        # skips the deflation products, one without harvest the eigCG bookkeeping.
+        branches, index = [lambda *a: loop_fn(harvest, True, *a)], jnp.array(0)
+        if harvest and harvest_on is not None:
+            branches.append(lambda *a: loop_fn(0, True, *a))
+            index = jnp.where(harvest_on, 0, 1)
+        if deflate_on is not None:
+            branches.append(lambda *a: loop_fn(harvest, False, *a))
+            index = jnp.where(deflate_on, index, len(branches) - 1)
+        loop = lax.switch(index, branches, *operands)
     result = final_result(loop.converged, loop.ok_input, jnp.array(False), ~loop.broke)
     stats = {
         "num_matvecs": loop.num_matvecs,
