@@ -420,6 +420,8 @@ CAPE_ROWS = {  # name -> (model, training)
     "CAPE-FNO+pf": ("CAPE-FNO", "pushforward"),
     "FNO-nu": ("FNO-nu", "teacher forcing"),
     "FNO-nu+c": ("FNO-nu", "curriculum"),
+    "CAPEw-FNO": ("CAPEw-FNO", "teacher forcing"),
+    "CAPEw-FNO+c": ("CAPEw-FNO", "curriculum"),
 }
 
 
@@ -464,12 +466,14 @@ def task_cape(args):
     curriculum = TanhCurriculum(*args.cape_curriculum)
 
     def make(model, seed):
-        fno = FNO(2 if model == "FNO-nu" else 1, 1, (modes,), width, key=jr.PRNGKey(seed), dtype=jnp.float32)
+        wide = model in ("FNO-nu", "CAPEw-FNO")
+        fno = FNO(2 if wide else 1, 1, (modes,), width, key=jr.PRNGKey(seed), dtype=jnp.float32)
         if model == "FNO":
             return fno
         if model == "FNO-nu":
             return ParameterChannels(fno)
-        return CAPE(fno, 1, 1, 1, key=jr.PRNGKey(seed + 1000), modes=8, dtype=jnp.float32)
+        return CAPE(fno, 1, 1, 1, key=jr.PRNGKey(seed + 1000), modes=8, dtype=jnp.float32,
+                    widen=model == "CAPEw-FNO")
 
     def objective(training):
         kw = {"initial": "outputs", "stop_gradient_feedback": args.cape_stop_grad}
@@ -558,7 +562,7 @@ def main(argv=None):
     p.add_argument("--cape-modes", type=int, default=12)
     p.add_argument("--cape-runs", nargs="*", default=[], choices=list(CAPE_ROWS),
                    help="cape: rows to train (default FNO FNO+c CAPE-FNO CAPE-FNO+c; +c: curriculum, +pf: pushforward; "
-                        "FNO-nu: plain FNO with the parameters as extra input channels)")
+                        "FNO-nu: plain FNO with the parameters as extra input channels; CAPEw: CAPE(widen=True))")
     p.add_argument("--cape-seeds", nargs="+", type=int, default=[0], help="cape: model/shuffle seeds")
     p.add_argument("--cape-loss", choices=["steps", "trajectory"], default="trajectory",
                    help="cape: relative L2 per step (mean over steps) or of the whole trajectory")

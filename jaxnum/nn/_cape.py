@@ -55,12 +55,15 @@ class CAPE(eqx.Module):
     together: $\text{model}(M[u; v])$, where $M$ is a 1x1 convolution from $2c$ to
     $c$ channels.
 
-    **Deviation from the paper (written from its description):** the paper widens
-    the base model's input to take $[u; v]$. Here $M$ is learnt and initialised to
+    With `widen=True` (the paper's layout) there is no $M$: the base model takes
+    $[u; v]$ itself and must be built with `2 * channels` input channels; with
+    `enabled=False` it then sees $[u; 0]$. With `widen=False` (the default, a deviation
+    from the paper written from its description) $M$ is learnt and initialised to
     $[I \;|\; 0]$, so any model built for the plain problem wraps unchanged, and a
     freshly wrapped model computes exactly what the base model does until training
-    moves $M$. With `enabled=False` the module *is* its base model: the
-    parameters are ignored and `model(u)` is returned.
+    moves $M$; with `enabled=False` the module *is* its base model: the parameters
+    are ignored and `model(u)` is returned. With few data channels $M$ is a
+    bottleneck (one channel for one-channel data): prefer `widen=True` there.
 
     **Arguments:**
 
@@ -70,6 +73,7 @@ class CAPE(eqx.Module):
         $\log_{10}$ of a viscosity).
     - `num_spatial_dims`, `modes` (of the spectral branch, clamped on coarse grids),
         `kernel_size` (depth-wise branch), `pool`, `hidden` (embedding MLP width).
+    - `widen`: pass $[u; v]$ (`2 * channels`) to the base model instead of merging.
     - `key`: a `jax.random` key.
 
     **Call:** `cape(u, p)` with `u` `(channels, *spatial)` and `p` `(num_parameters,)`.
@@ -81,11 +85,12 @@ class CAPE(eqx.Module):
     pointwise: Pointwise
     depthwise: eqx.nn.Conv
     spectral: SpectralConv
-    merge: Pointwise
+    merge: Pointwise | None
     channels: int = eqx.field(static=True)
     num_parameters: int = eqx.field(static=True)
     pool: int = eqx.field(static=True)
     enabled: bool = eqx.field(static=True)
+    widen: bool = eqx.field(static=True)
     activation: Callable = eqx.field(static=True)
 
     def __init__(
@@ -103,19 +108,23 @@ class CAPE(eqx.Module):
         enabled: bool = True,
         activation: Callable = jax.nn.gelu,
         dtype=None,
+        widen: bool = False,
     ):
         dtype = jnp.result_type(float) if dtype is None else dtype
         c, d = channels, num_spatial_dims
         k = jr.split(key, 7)
         self.model = model
         self.channels, self.num_parameters, self.pool = c, num_parameters, pool
-        self.enabled, self.activation = bool(enabled), activation
+        self.enabled, self.activation, self.widen = bool(enabled), activation, bool(widen)
         self.embed = tuple(ParameterEmbedding(num_parameters, c, hidden, key=kk, dtype=dtype) for kk in k[:3])
         self.pointwise = Pointwise(c, c, key=k[3], dtype=dtype)
         self.depthwise = eqx.nn.Conv(
             d, c, c, kernel_size, padding=kernel_size // 2, padding_mode="CIRCULAR", groups=c, key=k[4], dtype=dtype
         )
         self.spectral = SpectralConv(c, c, modes, num_spatial_dims=d, key=k[5], clamp_modes=True, dtype=dtype)
+        if self.widen:
+            self.merge = None
+            return
         merge = Pointwise(2 * c, c, key=k[6], dtype=dtype)
         self.merge = eqx.tree_at(
             lambda m: (m.weight, m.bias),
@@ -145,6 +154,9 @@ class CAPE(eqx.Module):
                 f"CAPE expects a parameter vector of shape ({self.num_parameters},), got {p.shape}; "
                 "pass one vector per sample (jax.vmap over a batch)."
             )
+        if self.widen:
+            v = self.attention(u, p) if self.enabled else jnp.zeros_like(u)
+            return self.model(jnp.concatenate([u, v], axis=0))
         if not self.enabled:
             return self.model(u)
         v = self.attention(u, p)
