@@ -74,6 +74,9 @@ from ._rollout import (
 from ._rollout import (
     unrolled_losses as unrolled_losses,
 )
+from ._rollout import (
+    unrolled_predictions as unrolled_predictions,
+)
 from ._trainer import Trainer as Trainer
 from ._trainer import TrainState as TrainState
 from ._trainer import fit as fit
