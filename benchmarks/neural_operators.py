@@ -109,8 +109,8 @@ def task_steptime(args):
     for d, n, width, modes in [(1, 1024, 64, (16,)), (2, 65, 32, (12, 12))]:
         spatial = (n,) * d
         rng = np.random.default_rng(0)
-        x = rng.standard_normal((20, 1, *spatial)).astype(np.float32)
-        y = rng.standard_normal((20, 1, *spatial)).astype(np.float32)
+        x = rng.standard_normal((args.batch, 1, *spatial)).astype(np.float32)
+        y = rng.standard_normal((args.batch, 1, *spatial)).astype(np.float32)
         model = FNO(1, 1, modes, width, key=jr.PRNGKey(0), dtype=jnp.float32, method=args.method)
         opt = optax.adam(1e-3)
         state = opt.init(eqx.filter(model, eqx.is_array))
@@ -142,7 +142,7 @@ def task_steptime(args):
             tstep()
             tt.append(time.process_time() - t0)
         row = {
-            "case": f"{d}D {'x'.join(map(str, spatial))}", "batch": 20, "width": width, "modes": list(modes),
+            "case": f"{d}D {'x'.join(map(str, spatial))}", "batch": args.batch, "width": width, "modes": list(modes),
             "params_jaxnum": num_parameters(model), "params_neuralop": torch_params(tmodel),
             "jaxnum_ms": 1e3 * float(np.median(tj)), "neuralop_ms": 1e3 * float(np.median(tt)),
             "jaxnum_compile_s": compile_s, "steps": args.steps, "method": args.method,
@@ -223,7 +223,7 @@ def train_pair(args, make_jax, make_torch, train, tests, label):
     with the same learning rate at every step, loss = mean relative L2 of decoded
     outputs; optionally an exponential moving average of the weights for evaluation
     (`--ema`: `jaxnum.train.parameter_ema` / `torch.optim.swa_utils.AveragedModel`)."""
-    from jaxnum.train._ema import ema_parameters, parameter_ema
+    from jaxnum.train import ema_parameters, parameter_ema
 
     torch = _torch()
     torch.manual_seed(0)

@@ -22,6 +22,8 @@ from ._data import (
 from ._data import (
     shuffled_batches as shuffled_batches,
 )
+from ._ema import ema_parameters as ema_parameters
+from ._ema import parameter_ema as parameter_ema
 from ._losses import (
     MSE as MSE,
 )
