@@ -2,14 +2,13 @@
 
 from typing import Literal
 
-import jax
 import jax.numpy as jnp
 import lineax as lx
 from jax import lax
 
 from ._cg import check_spd_operator, run_cg
 from ._gmres import conj_options, transpose_options
-from ._misc import check_square, check_tolerances, vec_matvec
+from ._misc import batched_matvec, check_square, check_tolerances, vec_matvec
 from ._recycle import RecycleSpace, adaptive_update, empty_space, load_space
 
 
@@ -188,8 +187,7 @@ class DeflatedCG(lx.AbstractLinearSolver):
         shape = flat.vec_shape
 
         def block_matvec(block):  # A @ block for (n, k), in the operator's own shape
-            rows = block.T.reshape(block.shape[1], *shape)
-            return jax.vmap(matvec)(rows).reshape(block.shape[1], n).T
+            return batched_matvec(matvec, block, shape)
 
         W = jnp.where(carried, space.basis, 0.0)
         AW = lax.cond(carried, block_matvec, jnp.zeros_like, W)

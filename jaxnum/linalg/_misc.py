@@ -157,9 +157,18 @@ def flat_precond(preconditioner, flat: Flattener) -> Callable[[Array], Array]:
     return lambda x: flat.ravel(preconditioner.mv(flat.unravel(x)))
 
 
-def batched_matvec(matvec: Callable[[Array], Array], block: Array) -> Array:
-    """`A @ block` for a block of column vectors `(n, k)`, as one batched product."""
-    return jax.vmap(matvec, in_axes=1, out_axes=1)(block)
+def batched_matvec(
+    matvec: Callable[[Array], Array], block: Array, shape: tuple[int, ...] | None = None
+) -> Array:
+    """`A @ block` for a block of column vectors `(n, k)`, as one batched product.
+
+    With `shape`, `matvec` works on vectors of that shape (e.g. `Flattener.vec_shape`,
+    the operator's own grid shape): each column is reshaped to it and back.
+    """
+    if shape is None:
+        return jax.vmap(matvec, in_axes=1, out_axes=1)(block)
+    n, k = block.shape
+    return jax.vmap(matvec)(block.T.reshape(k, *shape)).reshape(k, n).T
 
 
 def default_max_steps(max_steps: int | None, n: int) -> int:
