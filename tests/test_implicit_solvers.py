@@ -175,3 +175,35 @@ def test_float32_smoke():
     sol = ji.minimise(rosenbrock, ji.LBFGS(rtol=0, atol=1e-3), jnp.asarray(X0_ROSEN, jnp.float32), None)
     assert sol.value.dtype == jnp.float32
     np.testing.assert_allclose(sol.value, np.ones(4), atol=1e-2)
+
+
+def _dense_bfgs_inverse(pairs, gamma, dinv):
+    """`H` from the BFGS inverse update applied to `gamma diag(dinv)`, oldest pair first."""
+    H = gamma * np.diag(dinv)
+    for s, y in pairs:
+        rho = 1.0 / (s @ y)
+        V = np.eye(len(s)) - rho * np.outer(y, s)
+        H = V.T @ H @ V + rho * np.outer(s, s)
+    return H
+
+
+@pytest.mark.parametrize("head,count", [(0, 0), (3, 3), (0, 5), (2, 5), (4, 2), (1, 1)])
+def test_two_loop_matches_dense_bfgs_inverse(head, count):
+    # The circular buffer in every layout: partly filled, full and wrapped, and after
+    # a reset (count 0, then fewer pairs than slots) with stale pairs left in the
+    # empty slots, which must not contribute.
+    from jaxnum.implicit._lbfgs import two_loop
+
+    rng = np.random.default_rng(head * 10 + count)
+    m, n = 5, 7
+    A = rng.standard_normal((n, n))
+    A = A @ A.T + n * np.eye(n)
+    S = rng.standard_normal((m, n))
+    Y = S @ A  # s.y > 0 for every slot, stale or live
+    rho = 1.0 / np.sum(S * Y, axis=1)
+    gamma, dinv, g = 0.7, rng.uniform(0.5, 2.0, n), rng.standard_normal(n)
+    live = [(head - count + k) % m for k in range(count)]  # oldest first
+    H = _dense_bfgs_inverse([(S[i], Y[i]) for i in live], gamma, dinv)
+    got = two_loop(jnp.asarray(g), jnp.asarray(S), jnp.asarray(Y), jnp.asarray(rho), jnp.asarray(head),
+                   jnp.asarray(count), gamma, jnp.asarray(dinv))
+    np.testing.assert_allclose(got, H @ g, rtol=1e-12, atol=1e-12)

@@ -80,29 +80,37 @@ class LBFGSState(eqx.Module):
 
 
 def two_loop(g, S, Y, rho, head, count, gamma, dinv=1.0):
-    """The L-BFGS product `H g` (Nocedal 1980), newest pair first, with the initial
-    matrix `H0 = gamma diag(dinv)`."""
-    m = S.shape[0]
+    """The L-BFGS product `H g` (Nocedal 1980), with the initial matrix
+    `H0 = gamma diag(dinv)`.
 
-    def first(q, j):
-        i = (head - 1 - j) % m
-        use = j < count
-        a = jnp.where(use, rho[i] * jnp.vdot(S[i], q), 0.0)
+    The pairs live in a circular buffer: slot `head` is the oldest once the buffer
+    is full, and the `m - count` slots after `head - count` hold no pair. Both loops
+    run over all `m` slots in age order with `rho = 0` on the empty ones (which then
+    change nothing), so the loop bounds are static and no step is masked.
+    Measured on XLA:CPU (logistic regression 1000 x 100, m = 10): a rolled `scan`
+    costs about 5 us per product, a fully unrolled loop with per-pair masking and
+    dynamic indexing about 20 us, enough to make the whole L-BFGS solve ~20% slower.
+    """
+    m = S.shape[0]
+    order = (head + jnp.arange(m)) % m  # oldest first; empty slots come first
+    live = jnp.arange(m) >= m - count
+    r = jnp.where(live, rho[order], 0.0)
+
+    def newest_first(q, slot):
+        i, ri = slot
+        a = ri * jnp.vdot(S[i], q)
         return q - a * Y[i], a
 
-    # Fully unrolled (m is small and static): no loop overhead per pair on XLA:CPU.
-    q, a = lax.scan(first, g, jnp.arange(m), unroll=True)
-    r = gamma * (dinv * q)
+    q, a = lax.scan(newest_first, g, (order, r), reverse=True)
+    z = gamma * (dinv * q)
 
-    def second(r, j):
-        i = (head - count + j) % m
-        use = j < count
-        b = rho[i] * jnp.vdot(Y[i], r)
-        aj = a[count - 1 - j]
-        return jnp.where(use, r + S[i] * (aj - b), r), None
+    def oldest_first(z, slot):
+        i, ri, ai = slot
+        b = ri * jnp.vdot(Y[i], z)
+        return z + (ai - b) * S[i], None
 
-    r, _ = lax.scan(second, r, jnp.arange(m), unroll=True)
-    return r
+    z, _ = lax.scan(oldest_first, z, (order, r, a))
+    return z
 
 
 class LBFGS(AbstractSolver):
