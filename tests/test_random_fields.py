@@ -114,6 +114,39 @@ def test_fno_darcy_and_burgers_scalings():
     assert abs(v.var(axis=0).mean() / var - 1) < 0.05
 
 
+@pytest.mark.parametrize("shape", [(9,), (8, 7), (6, 4, 5), (4, 6, 8)])
+def test_periodic_real_fft_equals_complex_construction(shape):
+    # The sampler runs rfftn/irfftn (session 5); the field must be the real part of the
+    # full complex construction ifftn(fftn(xi) * c) from the same noise, for odd and
+    # even last axes (the Nyquist bin), with the same dtype.
+    lam = grf_spectrum(shape, alpha=2.0, tau=3.0)
+    n = int(np.prod(shape))
+    for dtype, tol in ((jnp.float64, 1e-13), (jnp.float32, 2e-6)):
+        key = jr.PRNGKey(11)
+        u = gaussian_random_field(key, shape, scale=1.0, dtype=dtype)
+        xi = np.asarray(jr.normal(key, shape, dtype), np.float64)
+        ref = np.real(np.fft.ifftn(np.fft.fftn(xi) * np.sqrt(lam * n)))
+        assert u.dtype == dtype
+        np.testing.assert_allclose(u, ref, atol=tol * np.abs(ref).max())
+
+
+def test_darcy_3d_empirical_spectrum():
+    # 3D FNO Darcy field, covariance (-Laplace + 9)^-2 on the unit cube (zero mean):
+    # E|fft(u)_k|^2 = N^2 lam_k / |D| over many draws.
+    shape, draws = (8, 8, 6), 3000
+    keys = jr.split(jr.PRNGKey(5), draws)
+    u = jax.vmap(lambda k: gaussian_random_field(k, shape, scale=1.0))(keys)
+    lam = grf_spectrum(shape, alpha=2.0, tau=3.0)
+    n = int(np.prod(shape))
+    np.testing.assert_allclose(u.mean(axis=(1, 2, 3)), 0.0, atol=1e-14)
+    power = np.mean(np.abs(np.fft.fftn(np.asarray(u), axes=(1, 2, 3))) ** 2, axis=0)
+    for k in [(1, 0, 0), (0, 1, 2), (2, 3, 1), (4, 0, 3)]:
+        ref = n**2 * lam[k]
+        assert abs(power[k] / ref - 1) < 4 * np.sqrt(2 / draws) + 0.02, (k, power[k], ref)
+    # Pointwise variance: sum_k lam_k / |D| (the same at every point).
+    assert abs(np.var(np.asarray(u), axis=0).mean() / lam.sum() - 1) < 0.03
+
+
 def test_matern_covariance():
     # nu = 5/2: C(r) = sigma^2 (1 + sqrt5 r/l + 5 r^2 / (3 l^2)) exp(-sqrt5 r / l).
     n, ell, sigma = 256, 0.04, 1.3
