@@ -4,7 +4,7 @@ import jax.numpy as jnp
 from jax import lax
 
 
-def armijo(value, value_and_grad, y, f, g, p, alpha0, *, c1=1e-4, shrink=0.5, max_iter=40):
+def armijo(value, value_and_grad, y, f, g, p, alpha0, *, slope=None, c1=1e-4, shrink=0.5, max_iter=40):
     """Returns `(alpha, y_new, f_new, g_new, ok)` with `f(y + alpha p) <= f + c1 alpha g.p`.
 
     The first trial `alpha0` is evaluated with its gradient (it is accepted most of
@@ -19,10 +19,11 @@ def armijo(value, value_and_grad, y, f, g, p, alpha0, *, c1=1e-4, shrink=0.5, ma
     accepted under the *approximate* Wolfe conditions: `f` rises by at most
     `1e-6 |f|` (`1e-3 |f|` in float32) and the directional derivative satisfies `g_new.p <= (2 c1 - 1) g.p`
     (which rejects overshooting steps). `ok` is False if no step passed (the
-    caller should then reset its model, e.g. the L-BFGS memory).
+    caller should then reset its model, e.g. the L-BFGS memory). `slope`: `g.p` if
+    the caller has it already.
     """
     del value
-    slope = jnp.vdot(g, p)
+    slope = jnp.vdot(g, p) if slope is None else slope
     # Hager and Zhang's default: 1e-6 |f| (rounding in a sum of many terms easily
     # exceeds a few ulps of |f|); their curvature test below rejects overshoot.
     relative = 1e-6 if jnp.finfo(jnp.result_type(f)).bits == 64 else 1e-3
