@@ -9,6 +9,7 @@ from ._fno import num_parameters as num_parameters
 from ._layers import ChannelMLP as ChannelMLP
 from ._layers import Pointwise as Pointwise
 from ._layers import SoftGating as SoftGating
+from ._layers import gelu as gelu
 from ._spectral_conv import SpectralConv as SpectralConv
 from ._unet import UNet as UNet
 from ._weights import (

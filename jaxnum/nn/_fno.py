@@ -11,6 +11,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from ._layers import (
     ChannelMLP,
     crop_domain,
+    gelu,
     grid_embedding,
     make_skip,
     pad_domain,
@@ -20,9 +21,10 @@ from ._spectral_conv import SpectralConv, as_modes
 
 
 class FNOBlock(eqx.Module):
-    """One Fourier layer on a channels-last sample: spectral conv + skip, activation,
-    optional channel MLP with its own skip from the block input, activation (none
-    after the last block)."""
+    """One Fourier layer on a channels-last sample, laid out as neuraloperator's
+    `FNOBlocks` (post-activation): spectral conv + skip, activation, optional channel
+    MLP plus its own skip from the block input, activation. The last block has no
+    activation at all (neither before its channel MLP nor after it)."""
 
     conv: SpectralConv
     skip: eqx.Module | None
@@ -33,9 +35,10 @@ class FNOBlock(eqx.Module):
         y = self.conv.channels_last(x)
         if self.skip is not None:
             y = y + self.skip(x)
+        if not last:
+            y = activation(y)
         if self.mlp is None:
-            return y if last else activation(y)
-        y = activation(y)
+            return y
         y = self.mlp(y)
         if self.mlp_skip is not None:
             y = y + self.mlp_skip(x)
@@ -48,7 +51,9 @@ class FNO(eqx.Module):
 
     $x \mapsto Q \circ (\sigma(K_L + W_L) \circ \dots \circ \sigma(K_1 + W_1)) \circ P$
     with $K_\ell$ a `SpectralConv`, $W_\ell$ a linear or soft-gated skip and an
-    optional channel MLP in each layer.
+    optional channel MLP in each layer. With the defaults the layer layout, the exact
+    GELU and the parameter count are neuraloperator's (`tests/test_nn.py` copies a
+    `neuralop.models.FNO`'s weights and gets its outputs to float32 rounding).
 
     **Arguments:**
 
@@ -74,7 +79,7 @@ class FNO(eqx.Module):
         `domain_padding`).
     - `factorization`, `rank`: spectral weights dense, `"tucker"` or `"cp"` (see `TFNO`).
     - `clamp_modes`, `method`: as in `SpectralConv`.
-    - `activation`: default `jax.nn.gelu`.
+    - `activation`: default `jaxnum.nn.gelu` (exact GELU, neuraloperator's default).
 
     **Call:** on one unbatched sample `(in_channels, *spatial)` at any resolution
     that resolves `modes`; returns `(out_channels, *spatial)`. Batch with `jax.vmap`;
@@ -117,7 +122,7 @@ class FNO(eqx.Module):
         rank: float | Sequence[int] = 1.0,
         clamp_modes: bool = False,
         method: str = "auto",
-        activation: Callable = jax.nn.gelu,
+        activation: Callable = gelu,
         dtype=None,
     ):
         self.modes = as_modes(modes, num_spatial_dims)

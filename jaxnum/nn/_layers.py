@@ -14,7 +14,41 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-from jaxtyping import Array, Float, PRNGKeyArray
+from jax import lax
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+
+_SQRT_HALF = math.sqrt(0.5)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+@jax.custom_jvp
+def gelu(x: ArrayLike) -> Array:
+    r"""Exact GELU, $x \Phi(x) = \tfrac{x}{2}(1 + \operatorname{erf}(x/\sqrt{2}))$: the
+    default activation of the models here, as `torch.nn.functional.gelu` (the
+    default of neuraloperator) computes it.
+
+    Equal to `jax.nn.gelu(x, approximate=False)` up to rounding, but written with
+    `erf` rather than `erfc(-x/sqrt 2)`, because XLA:CPU's `erfc` is far dearer: GELU
+    forward 0.85 ms with `erfc` against 0.35 ms with `erf` on 5120 x 128 float32
+    values, and an FNO training step about 12% slower (1D, width 64). The two
+    differ only where $\Phi(x)$ is tiny ($x \lesssim -4$), where `erf` leaves an
+    absolute error below $|x| \cdot 2^{-24}$, as PyTorch's does.
+    (`jax.nn.gelu`'s *default* is the tanh approximation, a different function.)
+
+    **Gradients:** a `custom_jvp`: $\Phi(x) + x\,\varphi(x)$, reusing $\Phi(x)$ from the
+    forward value.
+    """
+    x = jnp.asarray(x)
+    return 0.5 * x * (1 + lax.erf(x * _SQRT_HALF))
+
+
+@gelu.defjvp
+def _gelu_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    x = jnp.asarray(x)
+    cdf = 0.5 * (1 + lax.erf(x * _SQRT_HALF))
+    pdf = _INV_SQRT_2PI * jnp.exp(-0.5 * x * x)
+    return x * cdf, dx * (cdf + x * pdf)
 
 
 def _dtype(dtype):
@@ -63,7 +97,7 @@ class ChannelMLP(eqx.Module):
     layers: tuple[Pointwise, ...]
     activation: Callable = eqx.field(static=True)
 
-    def __init__(self, in_channels, out_channels, hidden_channels, num_layers=2, *, key, activation=jax.nn.gelu, dtype=None):
+    def __init__(self, in_channels, out_channels, hidden_channels, num_layers=2, *, key, activation=gelu, dtype=None):
         sizes = [in_channels] + [hidden_channels] * (num_layers - 1) + [out_channels]
         keys = jr.split(key, num_layers)
         self.layers = tuple(Pointwise(a, b, key=k, dtype=dtype) for a, b, k in zip(sizes[:-1], sizes[1:], keys))

@@ -113,15 +113,47 @@ def _channels_to_halves(z, axis):
     return jnp.concatenate([re, im], axis=axis)
 
 
+def _rdft_matrix(n: int, m: int, dtype) -> np.ndarray:
+    # (n, 2m): x @ M = [Re | Im] of the first m modes of rfft(x)
+    ang = 2 * np.pi * np.outer(np.arange(n), np.arange(m)) / n
+    return np.concatenate([np.cos(ang), -np.sin(ang)], axis=1).astype(dtype)
+
+
+def _irdft_matrix(m: int, n: int, dtype) -> np.ndarray:
+    # (2m, n): [Re | Im] of m modes @ M = irfft of the zero-padded half spectrum.
+    # irfft: y[j] = (1/n) sum_k c_k Re(Y_k e^{2 pi i k j / n}), c_0 = 1, c_k = 2 (no Nyquist)
+    c = np.full(m, 2.0)
+    c[0] = 1.0
+    ang = 2 * np.pi * np.outer(np.arange(m), np.arange(n)) / n
+    return (np.concatenate([c[:, None] * np.cos(ang), -c[:, None] * np.sin(ang)], axis=0) / n).astype(dtype)
+
+
+def forward_dft_rows(x, m: int):
+    """1D truncated forward transform of a real `x` `(n, c)` as ONE matrix product
+    with the grid axis contracted first: `(2m, c)`, the real parts of modes
+    `0..m-1` in rows `0..m-1` and their imaginary parts in rows `m..2m-1`.
+
+    Same numbers as `forward_dft`, in another layout: with the modes on the major
+    axis the product is `M^T x` per sample, which a vmapped batch `(B, n, c)` runs as
+    one matrix product without transposing the activation (`forward_dft`'s layout
+    made XLA:CPU copy every activation to `(B, c, n)` first and read the inverse's
+    output back strided, page by page)."""
+    return jnp.matmul(np.ascontiguousarray(_rdft_matrix(x.shape[0], m, x.dtype).T), x)
+
+
+def inverse_dft_rows(z, n: int):
+    """Inverse of `forward_dft_rows`: `(2m, c)` back to a real grid `(n, c)`, equal to
+    `irfft` of the zero-padded spectrum."""
+    return jnp.matmul(np.ascontiguousarray(_irdft_matrix(z.shape[0] // 2, n, z.dtype).T), z)
+
+
 def forward_dft(x, modes: Sequence[int]):
     """Truncated forward transform of a real grid `x` `(*spatial, c)` by matrix
     products: the kept modes of `rfftn` (centred order on all axes but the last) as a
     real block `(*kept_shape(modes), 2c)` [re | im]."""
     spatial = x.shape[:-1]
     d = len(spatial)
-    n, m = spatial[-1], modes[-1]
-    ang = 2 * np.pi * np.outer(np.arange(n), np.arange(m)) / n
-    mat = np.concatenate([np.cos(ang), -np.sin(ang)], axis=1).astype(x.dtype)
+    mat = _rdft_matrix(spatial[-1], modes[-1], x.dtype)
     z = _halves_to_channels(_contract(x, mat, d - 1), d - 1)
     for axis in range(d - 1):
         n, m = spatial[axis], modes[axis]
@@ -138,13 +170,8 @@ def inverse_dft(z, modes: Sequence[int], spatial: Sequence[int]):
         n, m = spatial[axis], modes[axis]
         mat = np.exp(2j * np.pi * np.outer(_freqs_centred(m), np.arange(n)) / n) / n
         z = _complex_contract(z, mat, axis)
-    # irfft: y[j] = (1/n) sum_k c_k Re(Y_k e^{2 pi i k j / n}), c_0 = 1, c_k = 2 (no Nyquist)
-    n, m = spatial[-1], modes[-1]
-    c = np.full(m, 2.0)
-    c[0] = 1.0
-    ang = 2 * np.pi * np.outer(np.arange(m), np.arange(n)) / n
-    mat = np.concatenate([c[:, None] * np.cos(ang), -c[:, None] * np.sin(ang)], axis=0) / n
-    return _contract(_channels_to_halves(z, d - 1), mat.astype(z.dtype), d - 1)
+    mat = _irdft_matrix(modes[-1], spatial[-1], z.dtype)
+    return _contract(_channels_to_halves(z, d - 1), mat, d - 1)
 
 
 def forward_fft(x, modes: Sequence[int]):

@@ -12,8 +12,10 @@ from ..kernels import spectral_mix
 from ._modes import (
     dft_is_cheaper,
     forward_dft,
+    forward_dft_rows,
     forward_fft,
     inverse_dft,
+    inverse_dft_rows,
     inverse_fft,
     resolve_modes,
 )
@@ -49,6 +51,36 @@ def block_weight(w):
     top = jnp.concatenate([wr, wi], axis=-1)
     bottom = jnp.concatenate([-wi, wr], axis=-1)
     return jnp.concatenate([top, bottom], axis=-2)
+
+
+def _complex_mix(zr, zi, wr, wi, spec: str):
+    """`(zr + i zi) W` per mode from the real and imaginary parts, four real products
+    (no `[[Wr, Wi], [-Wi, Wr]]` block built: that copied four times the weight forward
+    and its gradient back, every step)."""
+
+    def prod(a, b):
+        return jnp.einsum(spec, a, b)
+
+    return prod(zr, wr) - prod(zi, wi), prod(zr, wi) + prod(zi, wr)
+
+
+def mix_channels(z, wr, wi):
+    """Mode mixing of a block `(*kept, 2c)` [re | im] by a weight given as real and
+    imaginary parts `(in, out, *kept)`."""
+    d = wr.ndim - 2
+    perm = tuple(range(2, 2 + d)) + (0, 1)
+    zr, zi = jnp.split(z, 2, axis=-1)
+    outr, outi = _complex_mix(zr, zi, jnp.transpose(wr, perm), jnp.transpose(wi, perm), "...c,...co->...o")
+    return jnp.concatenate([outr, outi], axis=-1)
+
+
+def mix_rows(z, wr, wi):
+    """Mode mixing in the layout of `forward_dft_rows`: `z` `(2m, c)` (real parts,
+    then imaginary parts), weight parts `(in, out, m)`; returns `(2m, out)`."""
+    m = z.shape[0] // 2
+    wr, wi = jnp.moveaxis(wr, -1, 0), jnp.moveaxis(wi, -1, 0)
+    outr, outi = _complex_mix(z[:m], z[m:], wr, wi, "kc,kco->ko")
+    return jnp.concatenate([outr, outi], axis=0)
 
 
 class SpectralConv(eqx.Module):
@@ -156,16 +188,24 @@ class SpectralConv(eqx.Module):
         if method == "auto":
             method = "dft" if dft_is_cheaper(used, spatial) else "fft"
         w = self.weight(used)
-        z = forward_dft(x, used) if method == "dft" else forward_fft(x, used)
         if jax.default_backend() in ("gpu", "tpu"):
+            z = forward_dft(x, used) if method == "dft" else forward_fft(x, used)
             # the Pallas mode-mixing kernel of jaxnum.kernels, channels first
             zc = lax.complex(*jnp.split(z, 2, axis=-1))
             out = spectral_mix(jnp.moveaxis(zc, -1, 0), jnp.real(w), jnp.imag(w))
             out = jnp.moveaxis(out, 0, -1)
             z = jnp.concatenate([jnp.real(out), jnp.imag(out)], axis=-1).astype(x.dtype)
+            y = inverse_dft(z, used, spatial) if method == "dft" else inverse_fft(z, used, spatial)
+        elif method == "dft" and len(spatial) == 1:
+            # modes on the major axis: one matrix product each way, no transposes of
+            # the activation (see `forward_dft_rows`)
+            wr, wi = jnp.real(w).astype(x.dtype), jnp.imag(w).astype(x.dtype)
+            y = inverse_dft_rows(mix_rows(forward_dft_rows(x, used[0]), wr, wi), spatial[0])
         else:
-            z = jnp.einsum("...c,...co->...o", z, block_weight(w).astype(x.dtype))
-        y = inverse_dft(z, used, spatial) if method == "dft" else inverse_fft(z, used, spatial)
+            wr, wi = jnp.real(w).astype(x.dtype), jnp.imag(w).astype(x.dtype)
+            z = forward_dft(x, used) if method == "dft" else forward_fft(x, used)
+            z = mix_channels(z, wr, wi)
+            y = inverse_dft(z, used, spatial) if method == "dft" else inverse_fft(z, used, spatial)
         if self.bias is not None:
             y = y + self.bias.astype(y.dtype)
         return y
