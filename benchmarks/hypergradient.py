@@ -10,9 +10,13 @@ CPU time of the forward solve and of the backward pass (value_and_grad minus
 forward), XLA's compiled peak temporary memory, and a 100-step
 hyperparameter-optimisation loop. Unrolled differentiation for scale.
 
-Run: `python benchmarks/hypergradient.py [--quick] [--json]`. Threads are
-pinned (one XLA thread, one BLAS thread) for every library alike; times are
-`time.process_time()` medians.
+Run: `python benchmarks/hypergradient.py [--quick] [--json] [--interleave ROUNDS]`.
+Threads are pinned (one XLA thread, one BLAS thread) for every library alike;
+times are `time.process_time()` medians. `--interleave ROUNDS` adds a control
+measurement at 1000 x 100: jaxnum's default and the fastest peer (JAXopt L-BFGS +
+CG 1e-10), forward and `value_and_grad`, alternated call by call in one process
+for ROUNDS rounds, so that both see the same load (`--interleave-only` runs just
+that).
 """
 
 import os
@@ -254,6 +258,53 @@ def hpo_table(n, d, steps, repeats):
     return rows
 
 
+OURS = "jaxnum LBFGS + ImplicitAdjoint() (default: plain CG below 300 unknowns, estimated Jacobi from 300)"
+PEER = "JAXopt LBFGS, implicit diff with CG tol 1e-10"
+
+
+def interleaved(n, d, rounds):
+    """jaxnum default and the fastest peer, forward and value_and_grad, alternated
+    call by call for `rounds` rounds in this process; medians and ratios."""
+    X, y, Xv, yv, theta = make_problem(n, d)
+    inner, outer = losses(X, y, Xv, yv)
+    ref = reference(X, y, Xv, yv, theta)
+    loss_fns, solve_fns = configurations(inner, outer, d, False, False)
+    fns, errors = {}, {}
+    for label, key in (("jaxnum", OURS), ("peer", PEER)):
+        vg = jax.jit(jax.value_and_grad(loss_fns[key]))
+        g = vg(theta)[1]
+        errors[label] = float(np.linalg.norm(np.asarray(g) - ref) / np.linalg.norm(ref))
+        fns[f"{label} forward"] = jax.jit(solve_fns[key])
+        fns[f"{label} value_and_grad"] = vg
+    for f in fns.values():  # compile and warm up
+        for _ in range(3):
+            jax.block_until_ready(f(theta))
+    times = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            t0 = time.process_time()
+            jax.block_until_ready(f(theta))
+            times[k].append(time.process_time() - t0)
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    row = {
+        "size": f"{n}x{d}", "rounds": rounds, "jaxnum": OURS, "peer": PEER,
+        "jaxnum_rel_error": errors["jaxnum"], "peer_rel_error": errors["peer"],
+        **{f"{k.replace(' ', '_')}_s": v for k, v in med.items()},
+        "jaxnum_backward_s": med["jaxnum value_and_grad"] - med["jaxnum forward"],
+        "peer_backward_s": med["peer value_and_grad"] - med["peer forward"],
+        "peer_over_jaxnum_total": med["peer value_and_grad"] / med["jaxnum value_and_grad"],
+        "peer_over_jaxnum_forward": med["peer forward"] / med["jaxnum forward"],
+    }
+    print(json.dumps(row), flush=True)
+    print(f"interleaved {n}x{d}, {rounds} rounds (CPU ms medians): jaxnum total "
+          f"{1e3 * med['jaxnum value_and_grad']:.3f} (forward {1e3 * med['jaxnum forward']:.3f}, "
+          f"backward {1e3 * row['jaxnum_backward_s']:.3f}); peer total {1e3 * med['peer value_and_grad']:.3f} "
+          f"(forward {1e3 * med['peer forward']:.3f}, backward {1e3 * row['peer_backward_s']:.3f}); "
+          f"peer/jaxnum total {row['peer_over_jaxnum_total']:.3f}x, forward {row['peer_over_jaxnum_forward']:.3f}x",
+          flush=True)
+    return row
+
+
 def markdown(hg_rows, hpo_rows):
     out = ["| size | configuration | rel. error | forward ms | backward ms | total ms | peak MiB |",
            "|---|---|---|---|---|---|---|"]
@@ -270,7 +321,7 @@ def markdown(hg_rows, hpo_rows):
 def ratios(hg_rows, hpo_rows):
     """The target ratios, computed from the rows of this run."""
     out = []
-    ours = "jaxnum LBFGS + ImplicitAdjoint() (default: plain CG below 300 unknowns, estimated Jacobi from 300)"
+    ours = OURS
     for size in dict.fromkeys(r["size"] for r in hg_rows):
         rows = {r["config"]: r for r in hg_rows if r["size"] == size}
         me = rows[ours]
@@ -299,7 +350,15 @@ def main():
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--skip-large", action="store_true")
+    parser.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
+                        help="control measurement at 1000x100: jaxnum default vs the fastest peer, alternated")
+    parser.add_argument("--interleave-only", action="store_true", help="run only the interleaved measurement")
     args = parser.parse_args()
+    if args.interleave_only:
+        inter = interleaved(1000, 100, args.interleave or 200)
+        if args.json:
+            print(json.dumps({"interleaved": inter}))
+        return
     if args.quick:
         sizes, hpo, steps = [(200, 20, True, True, 1, 1)], (200, 20), 10
     else:
@@ -312,10 +371,11 @@ def main():
     for n, d, unrolled, jaxopt_unrolled, reps, unrolled_reps in sizes:
         hg += hypergradient_table(n, d, unrolled, jaxopt_unrolled, reps, unrolled_reps)
     hp = hpo_table(*hpo, steps, 1 if args.quick else 5)
+    inter = interleaved(1000, 100, args.interleave) if args.interleave else None
     print(markdown(hg, hp))
     print(ratios(hg, hp))
     if args.json:
-        print(json.dumps({"hypergradient": hg, "hpo": hp}))
+        print(json.dumps({"hypergradient": hg, "hpo": hp, "interleaved": inter}))
 
 
 if __name__ == "__main__":

@@ -221,3 +221,47 @@ def test_solution_is_a_pytree_under_jit():
     np.testing.assert_allclose(sol.value, 2.0 ** (1 / 3), rtol=1e-13)
     g = jax.grad(lambda a: run(a).value)(2.0)
     np.testing.assert_allclose(g, (1 / 3) * 2.0 ** (-2 / 3), rtol=1e-10)
+
+
+def test_default_spd_adjoint_solve_against_numpy():
+    # The CG that the implicit rule runs for symmetric problems: solution,
+    # preconditioning, PyTrees, derivatives (through lax.custom_linear_solve) and
+    # its two failure modes.
+    from jaxnum.implicit._spd_solve import spd_solve
+
+    rng = np.random.default_rng(2)
+    n = 30
+    Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    A = jnp.asarray((Q * np.geomspace(1.0, 100.0, n)) @ Q.T)
+    b, c = jnp.asarray(rng.standard_normal(n)), jnp.asarray(rng.standard_normal(n))
+    psd = lx.positive_semidefinite_tag
+    op = lambda M: lx.MatrixLinearOperator(M, (lx.symmetric_tag, psd))
+    exact = np.linalg.solve(A, b)
+    x = spd_solve(op(A), b, preconditioner=None, rtol=1e-12, max_steps=None)
+    np.testing.assert_allclose(x, exact, rtol=1e-9)
+    jacobi = lx.DiagonalLinearOperator(1.0 / jnp.diag(A))
+    x = spd_solve(op(A), b, preconditioner=jacobi, rtol=1e-12, max_steps=None)
+    np.testing.assert_allclose(x, exact, rtol=1e-9)
+    # A PyTree unknown: (u, v) -> (A u, 2 v).
+    struct = (jax.ShapeDtypeStruct((n,), A.dtype), jax.ShapeDtypeStruct((3,), A.dtype))
+    tree_op = lx.FunctionLinearOperator(lambda t: (A @ t[0], 2.0 * t[1]), struct, (lx.symmetric_tag, psd))
+    u, v = spd_solve(tree_op, (b, jnp.arange(3.0)), preconditioner=None, rtol=1e-12, max_steps=None)
+    np.testing.assert_allclose(u, exact, rtol=1e-9)
+    np.testing.assert_allclose(v, jnp.arange(3.0) / 2.0, rtol=1e-12)
+
+    # Derivatives: in the right-hand side (reverse mode solves with A again) and in
+    # the operator (A(s) = A + s I), against numpy and central differences.
+    def loss(b, s):
+        return c @ spd_solve(op(A + s * jnp.eye(n)), b, preconditioner=None, rtol=1e-13, max_steps=None)
+
+    gb, gs = jax.grad(loss, argnums=(0, 1))(b, 0.5)
+    np.testing.assert_allclose(gb, np.linalg.solve(A + 0.5 * np.eye(n), c), rtol=1e-8)
+    fd = (loss(b, 0.5 + 1e-6) - loss(b, 0.5 - 1e-6)) / 2e-6
+    np.testing.assert_allclose(gs, fd, rtol=1e-6)
+    np.testing.assert_allclose(jax.jvp(lambda s: loss(b, s), (0.5,), (1.0,))[1], fd, rtol=1e-6)
+
+    with pytest.raises(Exception, match="maximum number"):
+        jax.block_until_ready(spd_solve(op(A), b, preconditioner=None, rtol=1e-12, max_steps=3))
+    indefinite = op(jnp.asarray((Q * np.linspace(-1.0, 2.0, n)) @ Q.T))
+    with pytest.raises(Exception, match="non-positive curvature"):
+        jax.block_until_ready(spd_solve(indefinite, b, preconditioner=None, rtol=1e-12, max_steps=None))

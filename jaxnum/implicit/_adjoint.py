@@ -11,6 +11,7 @@ import lineax as lx
 from jax.flatten_util import ravel_pytree
 
 from ..linalg import CG, GMRES
+from ._spd_solve import spd_solve
 
 # Unknowns from which `ImplicitAdjoint()` estimates a Jacobi preconditioner (measured
 # crossover on logistic regression, see `ImplicitAdjoint`).
@@ -68,9 +69,12 @@ class ImplicitAdjoint(AbstractImplicitAdjoint):
     The linearised optimality condition `A dy = -dF/dtheta dtheta` is solved with
     `lineax.linear_solve` applying `A` through Jacobian-vector products of the
     optimality function (for minimisation these are Hessian-vector products): no
-    Jacobian or Hessian is formed. Default solver: `jaxnum.linalg.CG` for symmetric
-    problems (minimisation, least squares), `jaxnum.linalg.GMRES` otherwise. Pass
-    `linear_solver=lineax.LU()` to form the dense Jacobian on purpose.
+    Jacobian or Hessian is formed. Default solver: conjugate gradients for symmetric
+    problems (minimisation, least squares; inside the implicit rule a lean CG run as
+    `jax.lax.custom_linear_solve`, with `jaxnum.linalg.CG`'s iteration and
+    true-residual exit test, and `jaxnum.linalg.CG` itself in `hypergradient`),
+    `jaxnum.linalg.GMRES` otherwise. Pass `linear_solver=lineax.LU()` to form the
+    dense Jacobian on purpose.
 
     **Arguments:**
 
@@ -153,8 +157,17 @@ class ImplicitAdjoint(AbstractImplicitAdjoint):
         return {"preconditioner": pre}
 
     def apply_inverse(self, operator, rhs, symmetric, model=None):
-        solver = self.solver(symmetric)
-        return lx.linear_solve(operator, rhs, solver, options=self.options(operator, model)).value
+        options = self.options(operator, model)
+        real = all(jnp.issubdtype(s.dtype, jnp.floating) for s in jtu.tree_leaves(operator.in_structure()))
+        if self.linear_solver is None and symmetric and real and lx.is_positive_semidefinite(operator):
+            # The default symmetric solve: the same CG iteration and true-residual
+            # exit test as `jaxnum.linalg.CG`, as a `lax.custom_linear_solve` (see
+            # `spd_solve` for the measured reason).
+            return spd_solve(
+                operator, rhs, preconditioner=options.get("preconditioner"), rtol=self.tol,
+                max_steps=self.max_steps,
+            )
+        return lx.linear_solve(operator, rhs, self.solver(symmetric), options=options).value
 
 
 class Neumann(AbstractImplicitAdjoint):
