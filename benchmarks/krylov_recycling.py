@@ -23,7 +23,8 @@ carry" rows stay independent solves from zero. GCRO-DR runs with
 `harvest_every=2` (`--harvest-every`), the same in every GCRO-DR row, "no carry"
 included; DeflatedCG with its default `harvest_keep = k // 2` (`--dcg-keep`), and with
 `--dcg-cheap K H` also `DeflatedCG(recycle=K, harvest_every=H)` in similarity order
-(a smaller space harvested on every H-th solve only).
+(a smaller space harvested on every H-th solve only), and with `--gcrodr-cheap H`
+also GCRO-DR with `harvest_every=H` in similarity order.
 
 Times are the process CPU time per system (every side single-threaded, so this is
 the compute each side spent, independent of other load on a shared machine); wall
@@ -298,6 +299,12 @@ def run_case(name, args):
             xs, mv = out.value, out.stats["num_matvecs"]
         record(label, np.asarray(mv), [t], list(xs), per=P)
     runs = [(rec, rec_name, order) for order in ("given", "similarity")]
+    if not symmetric and args.gcrodr_cheap:
+        # Session 5: the same solver with rarer harmonic-Ritz refreshes (each costs
+        # O(n k m) flops and a small eigenproblem), in similarity order.
+        h2 = args.gcrodr_cheap
+        cheap = jl.GCRODR(RTOL, 0.0, restart=M, recycle=K, harvest_every=h2)
+        runs.append((cheap, f"GCRO-DR(40,20, harvest_every={h2})", "similarity"))
     if symmetric and args.dcg_cheap:
         # The cheaper configuration (session 4): a smaller space, harvested (eigCG +
         # Rayleigh-Ritz) only on every h-th solve and carried unchanged in between.
@@ -346,6 +353,13 @@ def ratios(name, rows):
         out["time jax.scipy gmres / GCRO-DR sim"] = rows["jax.scipy gmres(40)"]["time"] / sim["time"]
         out["time scipy gcrotmk / GCRO-DR sim"] = rows["scipy gcrotmk(m=20,k=20, shared CU)"]["time"] / sim["time"]
         out["time spsolve / GCRO-DR sim"] = rows["scipy spsolve"]["time"] / sim["time"]
+        for key in [k for k in rows if "harvest_every" in k and k.endswith(", similarity")]:
+            tag = " (" + key.split("jaxnum ")[1].split(", similarity")[0] + ")"
+            c = rows[key]
+            out[f"matvecs GMRES(40) / GCRO-DR sim{tag}"] = rows["jaxnum GMRES(40)"]["matvecs"] / c["matvecs"]
+            out[f"matvecs no-carry / sim{tag}"] = nocarry["matvecs"] / c["matvecs"]
+            out[f"time lineax GMRES(40) / GCRO-DR sim{tag}"] = rows["lineax GMRES(40)"]["time"] / c["time"]
+            out[f"time scipy GMRES(40) / GCRO-DR sim{tag}"] = rows["scipy gmres(40)"]["time"] / c["time"]
         warm = [k for k in rows if k.startswith("jaxnum GCRO-DR") and "warm start" in k]
         if warm:
             sw = rows[warm[0]]
@@ -405,6 +419,9 @@ def main():
     parser.add_argument("--harvest-every", type=int, default=2, help="GCRO-DR harvest_every (also for the no-carry rows)")
     parser.add_argument("--dcg-cheap", type=int, nargs=2, metavar=("K", "H"), default=None,
                         help="also run DeflatedCG(recycle=K, harvest_every=H) in similarity order (SPD cases)")
+    parser.add_argument("--gcrodr-cheap", type=int, metavar="H", default=None,
+                        help="also run GCRODR(harvest_every=H) in similarity order (non-symmetric cases; "
+                             "the no-carry row keeps --harvest-every)")
     parser.add_argument("--dcg-keep", type=int, default=None, help="DeflatedCG harvest_keep (default: recycle // 2)")
     parser.add_argument("--warm-start", type=int, default=4, help="previous solutions for the warm-start rows (0: no such rows)")
     parser.add_argument("--seed", type=int, default=0)

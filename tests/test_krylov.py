@@ -450,3 +450,86 @@ def test_cheap_deflation_vmap_gradient_float32():
     sol = lx.linear_solve(op32, jnp.ones((n, n), jnp.float32), s32, options={"recycle": sp32}, throw=False)
     assert sol.value.dtype == jnp.float32 and sol.result == lx.RESULTS.successful
     assert float(sol.stats["residual"]) <= 1.01e-5
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda: jl.GMRES(RTOL, 0.0, restart=21), id="gmres", marks=pytest.mark.slow),
+        # restart 21 / 21 - 7 = 14 steps: chunks of the Arnoldi loop end mid-cycle.
+        pytest.param(lambda: jl.GCRODR(RTOL, 0.0, restart=21, recycle=7), id="gcrodr"),
+    ],
+)
+def test_gmres_gcrodr_grid_flat_and_pytree_operators_agree(make):
+    # GMRES and GCRO-DR keep a grid-shaped operator's vectors in the grid shape
+    # (session 5); a flat BCOO operator and a two-leaf PyTree operator take the flat
+    # path. All agree with spsolve, with (nearly) the same counts.
+    rng = np.random.default_rng(30)
+    n = 12
+    a = jnp.asarray(np.exp(0.5 * rng.standard_normal((n, n))))
+    v = jnp.asarray(8 * rng.standard_normal((2, n, n)))
+    op = jl.convection_diffusion_operator(a, v)
+    b = jnp.asarray(rng.standard_normal((n, n)))
+    ref = spla.spsolve(to_scipy(op).tocsc(), np.asarray(b).ravel())
+    scale = np.abs(ref).max()
+    sparse = jl.SparseOperator(op.as_bcoo())
+    A = np.asarray(op.as_matrix())
+    half = n * n // 2
+
+    def mv(t):
+        y = jnp.asarray(A) @ jnp.concatenate([t[0], t[1]])
+        return (y[:half], y[half:])
+
+    struct = (jax.ShapeDtypeStruct((half,), jnp.float64),) * 2
+    tree_op = lx.FunctionLinearOperator(mv, struct)
+    flat_b = np.asarray(b).ravel()
+    tree_b = (jnp.asarray(flat_b[:half]), jnp.asarray(flat_b[half:]))
+    solver = make()
+    s1 = _solve(op, b, solver)
+    s2 = _solve(sparse, b.ravel(), solver)
+    s3 = lx.linear_solve(tree_op, tree_b, solver)
+    assert s1.value.shape == (n, n)
+    for x in (np.asarray(s1.value).ravel(), np.asarray(s2.value),
+              np.concatenate([np.asarray(t) for t in s3.value])):
+        np.testing.assert_allclose(x, ref, rtol=0, atol=1e-8 * scale)
+    counts = [int(s.stats["num_matvecs"]) for s in (s1, s2, s3)]
+    assert max(counts) - min(counts) <= 2, counts
+
+
+def test_gcrodr_harvest_tracks_gram_matrices():
+    # The harvest updates C U^T and U U^T from small matrices instead of products
+    # with the long vectors: check them against the products, and the new pair's
+    # invariants (A U = C, C orthonormal), after a full and after a short cycle.
+    from jaxnum.linalg._arnoldi import arnoldi_cycle
+    from jaxnum.linalg._gcrodr import harmonic_ritz_harvest
+
+    rng = np.random.default_rng(31)
+    n, k, m = 10, 5, 15
+    a = np.exp(0.5 * rng.standard_normal((n, n)))
+    v = 6 * rng.standard_normal((2, n, n))
+    op0 = jl.convection_diffusion_operator(jnp.asarray(a), jnp.asarray(v))
+    op = jl.convection_diffusion_operator(jnp.asarray(a * 1.05), jnp.asarray(v))
+    solver = jl.GCRODR(rtol=1e-10, atol=0.0, restart=m, recycle=k)
+    space = _solve(op0, jnp.ones((n, n)), solver).stats["recycle"]
+    A = np.asarray(op.as_matrix())
+    # Re-project for `op` (as a solve does), then one projected cycle from r.
+    C, R = np.linalg.qr(A @ np.asarray(space.basis))
+    U = np.asarray(space.basis) @ np.linalg.inv(R)
+    Ur, Cr = jnp.asarray(U.T.reshape(k, n, n)), jnp.asarray(C.T.reshape(k, n, n))
+    grams = (jnp.asarray(C.T @ U), jnp.asarray(U.T @ U))
+    r = jnp.asarray(rng.standard_normal((n, n)))
+    r = r - jnp.tensordot(jnp.tensordot(Cr, r, 2), Cr, 1)
+    harvest = harmonic_ritz_harvest(k)
+    for limit in (m - k, 4):
+        cycle = arnoldi_cycle(op.mv, lambda x: x, r, jnp.linalg.norm(r), Cr, limit, m - k, 0.0)
+        assert int(cycle.steps) == limit
+        U2, C2, have, (CtU, UtU) = harvest(Ur, Cr, jnp.array(True), grams, cycle)
+        assert bool(have)
+        U2, C2 = np.asarray(U2).reshape(k, -1).T, np.asarray(C2).reshape(k, -1).T
+        np.testing.assert_allclose(A @ U2, C2, atol=1e-9 * np.abs(A).max() * np.abs(U2).max())
+        np.testing.assert_allclose(C2.T @ C2, np.eye(k), atol=1e-10)
+        scale = np.abs(U2.T @ U2).max()
+        np.testing.assert_allclose(np.asarray(UtU), U2.T @ U2, atol=1e-9 * scale)
+        np.testing.assert_allclose(np.asarray(CtU), C2.T @ U2, atol=1e-9 * np.sqrt(scale))
+        # The space moved (a real harvest, not the old pair handed back).
+        assert np.abs(C2 - C).max() > 1e-3

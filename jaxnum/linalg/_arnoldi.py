@@ -1,26 +1,43 @@
 """One restart cycle of (projected) Arnoldi with Givens-updated least squares."""
 
+import math
 from typing import NamedTuple
 
-import jax.lax as lax
 import jax.numpy as jnp
+from jax import lax
 from jaxtyping import Array, Bool, Float, Int
 
 from ._misc import upper_inverse
+
+# Rows of the basis added per chunk of Arnoldi steps (see `arnoldi_cycle`).
+CHUNK = 8
+
+
+def block_dot(W: Array, w: Array) -> Array:
+    """`W @ w` for a block of row vectors `W` `(p, *shape)` and a vector `w` `shape`."""
+    return jnp.tensordot(W, w, axes=w.ndim)
+
+
+def block_comb(c: Array, W: Array) -> Array:
+    """`c @ W`: the combination of the rows of `W` `(p, *shape)` with weights `c`
+    (`(p,)` gives one vector, `(q, p)` gives `q` of them)."""
+    return jnp.tensordot(c, W, axes=1)
 
 
 class Cycle(NamedTuple):
     """What one cycle hands back (buffers are full size; `steps` says how much is used).
 
-    `V` holds the Arnoldi vectors as rows `(S+1, n)`, `H` the unrotated Hessenberg
-    matrix `(S+1, S)`, `B = C^T A M V^T` `(k, S)` the coefficients removed by the
-    projection, `y` the least-squares solution `(S,)` (zero past `steps`), `estimate`
-    the Givens estimate of the residual norm after the cycle.
+    `W` holds the projection block and the Arnoldi vectors as rows: `W[:kc]` is the
+    `C^T` the cycle projected against (`kc = k`, or `kc = 0` for a cycle without
+    projection) and `W[kc:]` the Arnoldi vectors `V^T` `(S+1, *shape)`. `H` is the
+    unrotated Hessenberg matrix `(S+1, S)`, `B = C^T A M V` `(kc, S)` the coefficients
+    removed by the projection, `y` the least-squares solution `(S,)` (zero past
+    `steps`), `estimate` the Givens estimate of the residual norm after the cycle.
     """
 
-    V: Float[Array, "S+1 n"]
+    W: Float[Array, " kc+S+1 *shape"]
     H: Float[Array, "S+1 S"]
-    B: Float[Array, "k S"]
+    B: Float[Array, "kc S"]
     y: Float[Array, " S"]
     estimate: Float[Array, ""]
     steps: Int[Array, ""]
@@ -33,22 +50,32 @@ def arnoldi_cycle(
 ) -> Cycle:
     """Runs up to `min(limit, size)` Arnoldi steps on `(I - C C^T) A M` from `r/beta`.
 
-    All blocks of vectors are stored as rows (`V` is `(S+1, n)`, `Ct = C^T` is
-    `(k, n)`) and applied as `V @ w` and `h @ V`: on XLA:CPU this is 2-4x faster than
-    the column layout.
+    Vectors keep their own shape (a grid-shaped operator is applied to a grid-shaped
+    array, never through a reshape to a flat vector: XLA:CPU runs a stencil fused
+    with such a reshape ~2x slower). Blocks of vectors are stored as rows, and the
+    projection block `C^T` `(k, *shape)` sits in the same buffer as the Arnoldi
+    vectors, so each Gram-Schmidt pass is one product `W @ w` and one `h @ W` over
+    `[C^T; V^T]` instead of two of each.
+
+    Only the rows already filled are read: the steps run in chunks of `CHUNK`, each
+    its own loop over a buffer that holds the rows it can reach (the buffer grows by
+    `CHUNK` zero rows between chunks). A `size`-step cycle then reads about half of
+    the basis per step on average instead of all of it.
 
     Orthogonalisation is classical Gram-Schmidt, one pass (as `lineax.GMRES`) or two
-    (`reorthogonalize`, CGS2, as stable as modified Gram-Schmidt); each pass is two
-    matrix-vector products with the basis. The exit test on the true residual
-    guards the answer either way.
-    Stops early once the Givens estimate of the residual falls to `tol` (the caller
-    then checks the true residual), or on (lucky) breakdown.
+    (`reorthogonalize`, CGS2, as stable as modified Gram-Schmidt); the exit test on
+    the true residual guards the answer either way. Stops early once the Givens
+    estimate of the residual falls to `tol` (the caller then checks the true
+    residual), or on (lucky) breakdown.
     """
-    n = r.shape[0]
+    shape = r.shape
     dtype = r.dtype
     k = 0 if Ct is None else Ct.shape[0]
     eps = jnp.finfo(dtype).eps
-    V = jnp.zeros((size + 1, n), dtype).at[0].set(r / jnp.where(beta > 0, beta, 1.0))
+    v0 = (r / jnp.where(beta > 0, beta, 1.0))[None]
+    ends = [min(size, (c + 1) * CHUNK) for c in range(math.ceil(size / CHUNK))]
+    parts = [] if Ct is None else [Ct.astype(dtype)]
+    W = jnp.concatenate(parts + [v0, jnp.zeros((ends[0], *shape), dtype)])
     H = jnp.zeros((size + 1, size), dtype)
     R = jnp.zeros((size + 1, size), dtype)
     B = jnp.zeros((k, size), dtype)
@@ -57,34 +84,28 @@ def arnoldi_cycle(
     # sequential loop over the previous rotations (slow on XLA:CPU).
     Q = jnp.eye(size + 1, dtype=dtype)
 
-    def cond(carry):
-        j, _, _, _, _, Q, breakdown = carry
-        return (j < limit) & (beta * jnp.abs(Q[j, 0]) > tol) & ~breakdown
-
     def body(carry):
-        j, V, H, R, B, Q, _ = carry
-        w = matvec(precond(V[j]))
+        j, W, H, R, B, Q, _ = carry
+        rows = W.shape[0] - k  # Arnoldi rows this chunk can reach (static)
+        w = matvec(precond(W[k + j]))
+        # Materialise the product once: otherwise XLA fuses the operator into each
+        # of its consumers below (the norm and both Gram-Schmidt products) and
+        # evaluates it three times.
+        w = lax.optimization_barrier(w)
         w_norm0 = jnp.linalg.norm(w)
-        h = jnp.zeros(size + 1, dtype)
-        b = jnp.zeros(k, dtype)
-
-        def cgs_pass(whb):
-            w, h, b = whb
-            if Ct is not None:
-                bb = Ct @ w
-                w = w - bb @ Ct
-                b = b + bb
-            hh = V @ w  # rows past j are zero, so this only sees v_0..v_j
-            return w - hh @ V, h + hh, b
-
-        w, h, b = cgs_pass((w, h, b))
+        hh = block_dot(W, w)  # rows past k + j are zero
+        w = w - block_comb(hh, W)
         if reorthogonalize:
             # CGS2 ("twice is enough"). Unconditional: a data-dependent `lax.cond`
             # here (DGKS) makes XLA copy the basis buffers and costs more than it saves.
-            w, h, b = cgs_pass((w, h, b))
+            h2 = block_dot(W, w)
+            w = w - block_comb(h2, W)
+            hh = hh + h2
+        b = hh[:k]
+        h = jnp.zeros(size + 1, dtype).at[:rows].set(hh[k:])
         hn = jnp.linalg.norm(w)
         breakdown = hn <= 10 * eps * w_norm0
-        V = V.at[j + 1].set(jnp.where(breakdown, 0.0, w / jnp.where(breakdown, 1.0, hn)))
+        W = W.at[k + j + 1].set(jnp.where(breakdown, 0.0, w / jnp.where(breakdown, 1.0, hn)))
         h = h.at[j + 1].set(hn)
         H = H.at[:, j].set(h)
         B = B.at[:, j].set(b)
@@ -98,10 +119,20 @@ def arnoldi_cycle(
         R = R.at[:, j].set(col)
         qj, qj1 = Q[j], Q[j + 1]
         Q = Q.at[j].set(cj * qj + sj * qj1).at[j + 1].set(-sj * qj + cj * qj1)
-        return j + 1, V, H, R, B, Q, breakdown
+        return j + 1, W, H, R, B, Q, breakdown
 
-    init = (jnp.array(0), V, H, R, B, Q, jnp.array(False))
-    j, V, H, R, B, Q, breakdown = lax.while_loop(cond, body, init)
+    carry = (jnp.array(0), W, H, R, B, Q, jnp.array(False))
+    for c, end in enumerate(ends):
+        if c > 0:
+            grow = jnp.zeros((end - ends[c - 1], *shape), dtype)
+            carry = (carry[0], jnp.concatenate([carry[1], grow]), *carry[2:])
+
+        def cond(carry, end=end):
+            j, _, _, _, _, Q, breakdown = carry
+            return (j < jnp.minimum(limit, end)) & (beta * jnp.abs(Q[j, 0]) > tol) & ~breakdown
+
+        carry = lax.while_loop(cond, body, carry)
+    j, W, H, R, B, Q, breakdown = carry
     g = beta * Q[:, 0]
     # Least squares on the used part: pad the unused diagonal with ones.
     used = jnp.arange(size) < j
@@ -116,10 +147,16 @@ def arnoldi_cycle(
     rhs = jnp.where(used, g[:size], 0.0)
     y = upper_inverse(Rs) @ rhs
     y = jnp.where(used & (diag != 0), y, 0.0)
-    return Cycle(V, H, B, y, jnp.abs(g[j]), j, breakdown)
+    return Cycle(W, H, B, y, jnp.abs(g[j]), j, breakdown)
 
 
-def residual_update(r: Array, cycle: Cycle) -> Array:
-    """`r - (I - C C^T) A M V y = r - V_{S+1} H y` without a matrix-vector product."""
-    return r - (cycle.H @ cycle.y) @ cycle.V
-
+def cycle_update(cycle: Cycle) -> tuple[Array, Array]:
+    """`(V_S y, V_{S+1} H y)` in one pass over the basis: the cycle's correction (before
+    the recycle-space term) and the decrease of the residual, `r_new = r - V_{S+1} H y`
+    (the projected Arnoldi relation; no matrix-vector product)."""
+    kc = cycle.B.shape[0]
+    size = cycle.y.shape[0]
+    coef = jnp.zeros((2, cycle.W.shape[0]), cycle.y.dtype)
+    coef = coef.at[0, kc : kc + size].set(cycle.y).at[1, kc:].set(cycle.H @ cycle.y)
+    both = block_comb(coef, cycle.W)
+    return both[0], both[1]

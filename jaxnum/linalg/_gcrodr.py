@@ -1,5 +1,7 @@
 """GCRO-DR: GMRES with deflated restarting and Krylov subspace recycling."""
 
+import math
+
 import jax.numpy as jnp
 import lineax as lx
 from jax import lax
@@ -11,12 +13,12 @@ from ._misc import (
     check_tolerances,
     default_max_steps,
     final_result,
-    flat_matvec,
-    flat_precond,
     get_preconditioner,
     get_y0,
     spd_inverse,
     upper_inverse,
+    vec_matvec,
+    vec_precond,
 )
 from ._recycle import RecycleSpace, adaptive_update, empty_space, load_space, reproject
 from ._restarted import restarted_krylov
@@ -32,7 +34,7 @@ def _realify(vectors, values):
 
 
 def harmonic_ritz_harvest(k: int):
-    """Returns `harvest(U, C, have, cycle)`: the `k` harmonic Ritz vectors of smallest
+    """Returns `harvest(U, C, have, grams, cycle)`: the `k` harmonic Ritz vectors of smallest
     harmonic Ritz value from the space `[U, V]` of the cycle just finished.
 
     With `V̂ = [U D, V_S]`, `Ŵ = [C, V_{S+1}]` and `A M V̂ = Ŵ Ḡ`, the harmonic Ritz
@@ -42,25 +44,42 @@ def harmonic_ritz_harvest(k: int):
     and an absent `U` are masked so that they give `μ = 0` and are never chosen.
     """
 
-    def harvest(U, C, have, cycle: Cycle):
-        # U and C arrive as rows, (k, n).
+    def harvest(U, C, have, grams, cycle: Cycle):
+        # U and C arrive as rows, (k, *shape), with their Gram matrices
+        # grams = (C U^T, U U^T); cycle.W holds [C; V] (or only V for a cycle without
+        # projection, when U = C = 0). The long products below work on flat views of
+        # these blocks (reshapes of contiguous arrays, no copies).
         dtype = U.dtype
         size = cycle.H.shape[1]
+        kc = cycle.W.shape[0] - (size + 1)
+        n = math.prod(U.shape[1:])
+        Vf = cycle.W.reshape(cycle.W.shape[0], n)[kc:]  # V^T, (S+1, n)
+        Uf = U.reshape(k, n)
+        CtU, UtU = grams
         j = cycle.steps
         used = jnp.arange(size) < j
-        unorm = jnp.linalg.norm(U, axis=1)
-        d = jnp.where(have & (unorm > 0), 1.0 / jnp.where(unorm > 0, unorm, 1.0), 0.0)
-        Uhat = U * d[:, None]
+        if kc:
+            unorm = jnp.sqrt(jnp.maximum(jnp.diagonal(UtU), 0.0))
+            d = jnp.where(have & (unorm > 0), 1.0 / jnp.where(unorm > 0, unorm, 1.0), 0.0)
+            # The one long product of the eigenproblem, V^T U D. C^T U and U^T U come
+            # from the carried Gram matrices; the identity block uses C ⟂ V and V
+            # orthonormal (to rounding times the basis' conditioning).
+            VtU = (Vf @ Uf.T) * d[None, :]
+            CtU = CtU * d[None, :]
+            UtU = UtU * d[:, None] * d[None, :]
+            B = jnp.where(used[None, :] & have, cycle.B, 0.0)
+        else:
+            have = jnp.array(False)
+            d = jnp.zeros(k, dtype)
+            VtU = jnp.zeros((size + 1, k), dtype)
+            CtU = UtU = jnp.zeros((k, k), dtype)
+            B = jnp.zeros((k, size), dtype)
         # Ḡ = [[D, B], [0, H̄]], with identity placeholders on masked columns.
         top_left = jnp.where(have, jnp.diag(d), jnp.eye(k, dtype=dtype))
-        B = jnp.where(used[None, :] & have, cycle.B, 0.0)
         Hbar = jnp.where(used[None, :], cycle.H, 0.0)
         placeholder = jnp.where(used, 0.0, 1.0)
         Hbar = Hbar + jnp.eye(size + 1, size, k=-1, dtype=dtype) * placeholder[None, :]
         G = jnp.block([[top_left, B], [jnp.zeros((size + 1, k), dtype), Hbar]])
-        # Ŵ^T V̂, using C ⟂ V and V orthonormal (to rounding times the basis' conditioning).
-        CtU = C @ Uhat.T
-        VtU = cycle.V @ Uhat.T
         eye_used = jnp.eye(size + 1, size, dtype=dtype) * used[None, :]
         WtV = jnp.block([[CtU, jnp.zeros((k, size), dtype)], [VtU, eye_used]])
         # Ḡ^+ (Ŵ^T V̂) through the normal equations: Ḡ has full column rank and is
@@ -81,14 +100,23 @@ def harmonic_ritz_harvest(k: int):
         ok = ok & (have | (j >= k)) & jnp.all(jnp.isfinite(mu))
         Rp_safe = jnp.where(ok, Rp, jnp.eye(k, dtype=dtype))
         # Small coefficient matrices first, then one pass over the long vectors:
-        # C' = Ŵ Qp and U' = V̂ P Rp^{-1}, with Û = D U and masked V rows.
-        C_new = Qp[:k].T @ C + Qp[k:].T @ cycle.V
+        # C' = Ŵ Qp (one product with the [C; V] buffer) and U' = V̂ P Rp^{-1} =
+        # V̂ coef^T, with Û = D U and masked V rows.
+        C_new = Qp[k - kc :].T @ cycle.W.reshape(cycle.W.shape[0], n)
         coef = upper_inverse(Rp_safe).T @ P.T
-        coef_v = jnp.where(used[None, :], coef[:, k:], 0.0)
-        U_new = (coef[:, :k] * d[None, :]) @ U + coef_v @ cycle.V[:size]
-        U_out = jnp.where(ok, U_new, U)
-        C_out = jnp.where(ok, C_new, C)
-        return U_out, C_out, have | ok
+        coef = coef.at[:, k:].set(jnp.where(used[None, :], coef[:, k:], 0.0))
+        coef_v = jnp.concatenate([coef[:, k:], jnp.zeros((k, 1), dtype)], axis=1)
+        U_new = coef_v @ Vf
+        if kc:
+            U_new = U_new + (coef[:, :k] * d[None, :]) @ Uf
+        # The new Gram matrices from small ones: C'^T U' = Qp^T (Ŵ^T V̂) coef^T and
+        # U'^T U' = coef (V̂^T V̂) coef^T, V̂^T V̂ = [[D U^T U D, (V^T U D)^T], [V^T U D, I]].
+        VhtVh = jnp.block([[UtU, VtU[:size].T], [VtU[:size], jnp.diag(used.astype(dtype))]])
+        grams_new = (Qp.T @ WtV @ coef.T, coef @ VhtVh @ coef.T)
+        U_out = jnp.where(ok, U_new.reshape(U.shape), U)
+        C_out = jnp.where(ok, C_new.reshape(C.shape), C)
+        grams_out = tuple(jnp.where(ok, a, b) for a, b in zip(grams_new, grams))
+        return U_out, C_out, have | ok, grams_out
 
     return harvest
 
@@ -188,24 +216,26 @@ class GCRODR(lx.AbstractLinearSolver):
         preconditioner = get_preconditioner(operator, options, "GCRODR")
         x0 = get_y0(flat, vector, options, "GCRODR")
         space, carried = load_space(options, n, k, flat.dtype, "GCRODR", self.adaptive)
-        matvec = flat_matvec(operator, flat)
-        precond = flat_precond(preconditioner, flat)
+        matvec = vec_matvec(operator, flat)
+        precond = vec_precond(preconditioner, flat)
+        shape = flat.vec_shape
 
         def project(basis):
-            return reproject(lambda u: matvec(precond(u)), basis)
+            return reproject(lambda u: matvec(precond(u)), basis, shape)
 
         def skip(basis):
             return jnp.zeros_like(basis), jnp.zeros_like(basis), jnp.array(False)
 
         U, C, ok = lax.cond(carried, project, skip, space.basis)
         have = carried & ok
-        U = jnp.where(have, U, 0.0)
-        C = jnp.where(have, C, 0.0)
+        # Rows in the working shape, zero without a space (the loop relies on it).
+        U = jnp.where(have, U, 0.0).T.reshape(k, *shape)
+        C = jnp.where(have, C, 0.0).T.reshape(k, *shape)
         loop = restarted_krylov(
             matvec,
             precond,
-            flat.ravel(vector),
-            x0,
+            flat.to_vec(vector),
+            x0.reshape(shape),
             "y0" in options,
             size=m,
             rtol=self.rtol,
@@ -219,9 +249,11 @@ class GCRODR(lx.AbstractLinearSolver):
             reorthogonalize=self.reorthogonalize,
             harvest_every=self.harvest_every,
         )
+        U_new = loop.U.reshape(k, n).T
+        C_new = loop.C.reshape(k, n).T
         new_space = RecycleSpace(
-            basis=jnp.where(loop.have, loop.U, space.basis),
-            image=jnp.where(loop.have, loop.C, space.image),
+            basis=jnp.where(loop.have, U_new, space.basis),
+            image=jnp.where(loop.have, C_new, space.image),
             active=loop.have | space.active,
             skip=space.skip,
             backoff=space.backoff,
@@ -238,7 +270,7 @@ class GCRODR(lx.AbstractLinearSolver):
         stats = krylov_stats(loop)
         stats["recycle"] = new_space
         stats["carried"] = carried
-        return flat.unravel(loop.x), result, stats
+        return flat.from_vec(loop.x), result, stats
 
     def transpose(self, state, options):
         keep = lx.is_symmetric(state)

@@ -10,10 +10,10 @@ from ._misc import (
     check_tolerances,
     default_max_steps,
     final_result,
-    flat_matvec,
-    flat_precond,
     get_preconditioner,
     get_y0,
+    vec_matvec,
+    vec_precond,
 )
 from ._restarted import restarted_krylov
 
@@ -95,13 +95,13 @@ class GMRES(lx.AbstractLinearSolver):
         flat = check_square(operator, "GMRES")
         preconditioner = get_preconditioner(operator, options, "GMRES")
         x0 = get_y0(flat, vector, options, "GMRES")
-        b = flat.ravel(vector)
+        b = flat.to_vec(vector)
         size = min(self.restart, flat.size)
         loop = restarted_krylov(
-            flat_matvec(operator, flat),
-            flat_precond(preconditioner, flat),
+            vec_matvec(operator, flat),
+            vec_precond(preconditioner, flat),
             b,
-            x0,
+            x0.reshape(b.shape),
             "y0" in options,
             size=size,
             rtol=self.rtol,
@@ -112,7 +112,7 @@ class GMRES(lx.AbstractLinearSolver):
         result = final_result(
             loop.converged, loop.ok_input, loop.stagnated & ~loop.broke, ~loop.broke
         )
-        return flat.unravel(loop.x), result, krylov_stats(loop)
+        return flat.from_vec(loop.x), result, krylov_stats(loop)
 
     def transpose(self, state, options):
         return state.transpose(), transpose_options(options, keep_recycle=False)

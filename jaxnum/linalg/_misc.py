@@ -131,16 +131,13 @@ def get_y0(flat: Flattener, vector: PyTree[Array], options: dict[str, Any], name
     return flat.ravel(y0)
 
 
-def flat_matvec(operator, flat: Flattener) -> Callable[[Array], Array]:
-    return lambda x: flat.ravel(operator.mv(flat.unravel(x)))
-
-
 def vec_matvec(operator, flat: Flattener) -> Callable[[Array], Array]:
     """`operator.mv` on working vectors of shape `flat.vec_shape`.
 
     Keeping a grid-shaped operator's vectors in their grid shape matters on XLA:CPU:
     a stencil fused with a reshape to a flat output costs ~2x per product (measured:
-    Darcy 128^2, 0.10 vs 0.055 ms per CG iteration).
+    Darcy 128^2, 0.10 vs 0.055 ms per CG iteration). Every jaxnum Krylov solver
+    works on such vectors.
     """
     return lambda x: flat.to_vec(operator.mv(flat.from_vec(x)))
 
@@ -149,12 +146,6 @@ def vec_precond(preconditioner, flat: Flattener) -> Callable[[Array], Array]:
     if preconditioner is None:
         return lambda x: x
     return lambda x: flat.to_vec(preconditioner.mv(flat.from_vec(x)))
-
-
-def flat_precond(preconditioner, flat: Flattener) -> Callable[[Array], Array]:
-    if preconditioner is None:
-        return lambda x: x
-    return lambda x: flat.ravel(preconditioner.mv(flat.unravel(x)))
 
 
 def batched_matvec(

@@ -95,12 +95,16 @@ def load_space(options, n: int, k: int, dtype, name: str, adaptive: bool):
     return space, carried
 
 
-def reproject(matvec, basis: Array) -> tuple[Array, Array, Array]:
+def reproject(
+    matvec, basis: Array, shape: tuple[int, ...] | None = None
+) -> tuple[Array, Array, Array]:
     """For a new operator: `C = A U`, `C = QR`, returns `(U R^{-1}, Q, ok)`.
 
-    `ok` is False when `U` has lost rank (it is then dropped by the caller).
+    `basis` is `(n, k)`; with `shape`, `matvec` acts on vectors of that shape (see
+    `batched_matvec`). `ok` is False when `U` has lost rank (it is then dropped by the
+    caller).
     """
-    image = batched_matvec(matvec, basis)
+    image = batched_matvec(matvec, basis, shape)
     q, r, ok = tall_qr(image)
     r_safe = jnp.where(ok, r, jnp.eye(r.shape[0], dtype=r.dtype))
     new_basis = basis @ upper_inverse(r_safe)

@@ -1,18 +1,19 @@
 """The restart loop shared by GMRES and GCRO-DR (GMRES is GCRO-DR with `k = 0`)."""
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
-import jax.lax as lax
 import jax.numpy as jnp
+from jax import lax
 from jaxtyping import Array, Bool, Float, Int
 
-from ._arnoldi import arnoldi_cycle, Cycle, residual_update
+from ._arnoldi import Cycle, arnoldi_cycle, block_comb, block_dot, cycle_update
 from ._misc import all_finite
 
 
 class LoopOut(NamedTuple):
-    x: Float[Array, " n"]
+    x: Float[Array, " *shape"]
     residual: Float[Array, ""]  # final true relative residual
     num_matvecs: Int[Array, ""]
     num_cycles: Int[Array, ""]
@@ -20,13 +21,15 @@ class LoopOut(NamedTuple):
     stagnated: Bool[Array, ""]
     broke: Bool[Array, ""]
     ok_input: Bool[Array, ""]
-    U: Float[Array, "n k"]
-    C: Float[Array, "n k"]
+    U: Float[Array, " k *shape"]  # rows
+    C: Float[Array, " k *shape"]
     have: Bool[Array, ""]
 
 
-# harvest(U, C, have, cycle) -> (U, C, have): a new recycle space from a cycle.
-Harvest = Callable[[Array, Array, Array, Cycle], tuple[Array, Array, Array]]
+# harvest(U, C, have, grams, cycle) -> (U, C, have, grams): a new recycle space from a
+# cycle; `grams = (C U^T, U U^T)`, the small Gram matrices of the pair, kept up to date
+# by the harvest itself (computed once per solve, not per cycle).
+Harvest = Callable[[Array, Array, Array, tuple, Cycle], tuple[Array, Array, Array, tuple]]
 
 
 def restarted_krylov(
@@ -51,16 +54,20 @@ def restarted_krylov(
     """Right-preconditioned restarted (projected) GMRES, solving `A x = b` with
     `x = x0 + M y`.
 
-    With a recycle pair (`U`, `C` with `A M U = C`, `C` orthonormal) every cycle is
-    a GCRO-DR cycle of `size - k` Arnoldi steps on `(I - C C^T) A M`; without one
-    (`have` False) the first cycle is a GMRES(`size`) cycle. `harvest(U, C, have,
-    cycle)` updates the pair after each cycle (it must accept both cycle sizes; it sees
-    `U` and `C` as rows, `(k, n)`). The loop exits as soon as the *true* residual meets
-    `||b - A x|| <= rtol ||b|| + atol`: the cheap Givens estimate only triggers
-    the check, and one matrix-vector product (counted) confirms it.
+    Vectors keep their own shape (`b.shape`, e.g. the operator's grid), and `matvec`
+    and `precond` act on that shape. The recycle pair is given as rows: `U`, `C`
+    `(k, *shape)` with `A M U^T = C^T` and `C` orthonormal, and zero when `have` is
+    False. With it every cycle is a GCRO-DR cycle of `size - k` Arnoldi steps on
+    `(I - C C^T) A M`; without one (`have` False) the first cycle is a GMRES(`size`)
+    cycle without the projection. `harvest(U, C, have, grams, cycle)` updates the pair
+    (and its Gram matrices `grams = (C U^T, U U^T)`) after each cycle (it must accept
+    both cycle kinds; `cycle.W` holds `[C; V]` or just `V`).
+    The loop exits as soon as the *true* residual meets `||b - A x|| <= rtol ||b|| +
+    atol`: the cheap Givens estimate only triggers the check, and one matrix-vector
+    product (counted) confirms it.
     """
     dtype = b.dtype
-    k = 0 if U is None else U.shape[1]
+    k = 0 if U is None else U.shape[0]
     bnorm = jnp.linalg.norm(b)
     tol = rtol * bnorm + atol
     ok_input = all_finite(b, x0)
@@ -72,48 +79,55 @@ def restarted_krylov(
     else:
         r0 = b_safe
     if k == 0:
-        U = C = jnp.zeros((b.shape[0], 0), dtype)
+        U = C = jnp.zeros((0, *b.shape), dtype)
         have = jnp.array(False)
-    # Internally blocks are rows: (k, n).
-    U, C = U.T, C.T
+
+    # The pair's Gram matrices, once per solve (the harvest updates them from small
+    # matrices afterwards). Zero without a space, like U and C.
+    Uf = U.reshape(k, math.prod(b.shape))
+    grams = (C.reshape(Uf.shape) @ Uf.T, Uf @ Uf.T)
 
     def true_residual(x, matvecs):
         return b_safe - matvec(x), matvecs + 1
 
     def cond(carry):
-        x, r, rnorm, r_true, U, C, have, mv, cyc, conv, stag, broke = carry
+        *_, mv, _, conv, stag, broke = carry
         return ~(conv | stag | broke) & (mv < max_steps)
 
-    def body(carry, size):
-        x, r, rnorm, r_true, U, C, have, mv, cyc, conv, stag, broke = carry
-        if k > 0:
-            Cm = jnp.where(have, C, 0.0)
-            Um = jnp.where(have, U, 0.0)
-            coef = Cm @ r
-            x = x + precond(coef @ Um)
-            r = r - coef @ Cm
+    def body(carry, size, fresh):
+        # `fresh`: the first cycle of a solve without a space (U = C = 0): a plain
+        # GMRES(size) cycle, no projection.
+        x, r, rnorm, _, U, C, have, grams, mv, cyc, conv, stag, broke = carry
+        project = k > 0 and not fresh
+        if project:
+            # U and C are zero when `have` is False, so no masking is needed.
+            coef = block_dot(C, r)
+            x = x + precond(block_comb(coef, U))
+            r = r - block_comb(coef, C)
             rnorm = jnp.linalg.norm(r)
-        else:
-            Cm = Um = None
         limit = jnp.clip(max_steps - mv, 1, size)
         cycle = arnoldi_cycle(
-            matvec, precond, r, rnorm, Cm, limit, size, tol, reorthogonalize
+            matvec, precond, r, rnorm, C if project else None, limit, size, tol,
+            reorthogonalize,
         )
-        dx = cycle.y @ cycle.V[:size]
-        if k > 0:
-            dx = dx - (cycle.B @ cycle.y) @ Um
+        dx, decrease = cycle_update(cycle)
+        if project:
+            dx = dx - block_comb(cycle.B @ cycle.y, U)
         x = x + precond(dx)
         mv = mv + cycle.steps
-        r_rec = residual_update(r, cycle)
-        if harvest is not None and harvest_every > 1:
+        r_rec = r - decrease
+        if harvest is not None and harvest_every > 1 and not fresh:
             # Refresh the space only every `harvest_every` cycles (and whenever there
             # is none yet); in between, the cycles are GCRO cycles with a fixed space.
             due = ~have | (cyc % harvest_every == harvest_every - 1)
-            U, C, have = lax.cond(
-                due, harvest, lambda U, C, have, cycle: (U, C, have), U, C, have, cycle
+            U, C, have, grams = lax.cond(
+                due,
+                harvest,
+                lambda U, C, have, grams, cycle: (U, C, have, grams),
+                U, C, have, grams, cycle,
             )
         elif harvest is not None:
-            U, C, have = harvest(U, C, have, cycle)
+            U, C, have, grams = harvest(U, C, have, grams, cycle)
         check = (cycle.estimate <= tol) | (mv >= max_steps) | cycle.breakdown
         r_new, mv = lax.cond(check, true_residual, lambda x, m: (r_rec, m), x, mv)
         rnorm_new = jnp.linalg.norm(r_new)
@@ -122,7 +136,7 @@ def restarted_krylov(
         no_progress = rnorm_new >= rnorm * (1 - 1e3 * jnp.finfo(dtype).eps)
         stag = ~conv & full & no_progress
         broke = ~conv & (cycle.breakdown & no_progress | ~jnp.isfinite(rnorm_new))
-        return x, r_new, rnorm_new, check, U, C, have, mv, cyc + 1, conv, stag, broke
+        return x, r_new, rnorm_new, check, U, C, have, grams, mv, cyc + 1, conv, stag, broke
 
     r0norm = jnp.linalg.norm(r0)
     init = (
@@ -133,6 +147,7 @@ def restarted_krylov(
         U,
         C,
         have,
+        grams,
         jnp.asarray(matvecs0, jnp.int32),
         jnp.array(0, jnp.int32),
         r0norm <= tol,
@@ -144,13 +159,13 @@ def restarted_krylov(
         # also harvests the first space; later cycles add m - k vectors each, so
         # their buffers (and orthogonalisation cost) are sized m - k, not m.
         init = lax.cond(
-            ~have & cond(init), lambda c: body(c, size), lambda c: c, init
+            ~have & cond(init), lambda c: body(c, size, True), lambda c: c, init
         )
         loop_size = size - k
     else:
         loop_size = size
-    x, r, rnorm, r_true, U, C, have, mv, cyc, conv, stag, broke = lax.while_loop(
-        cond, lambda c: body(c, loop_size), init
+    x, r, rnorm, r_true, U, C, have, grams, mv, cyc, conv, stag, broke = lax.while_loop(
+        cond, lambda c: body(c, loop_size, k == 0), init
     )
     # Report the true residual, computing it if the loop left on an estimate.
     r, mv = lax.cond(r_true, lambda x, m: (r, m), true_residual, x, mv)
@@ -158,4 +173,4 @@ def restarted_krylov(
     conv = conv | (rnorm <= tol)
     rel = rnorm / jnp.where(bnorm > 0, bnorm, 1.0)
     broke = broke & ok_input
-    return LoopOut(x, rel, mv, cyc, conv, stag, broke, ok_input, U.T, C.T, have)
+    return LoopOut(x, rel, mv, cyc, conv, stag, broke, ok_input, U, C, have)
