@@ -231,3 +231,39 @@ def test_lbfgs_memory_rows_after_updates():
     g = np.asarray(st.g)
     got = two_loop(st.g, st.S, st.Y, st.rho, st.count, st.gamma, st.dinv)
     np.testing.assert_allclose(got, H @ g, rtol=1e-10, atol=1e-14)
+
+
+def test_lbfgs_against_scipy_lbfgsb_iterations_and_line_search():
+    # Small L2-regularised logistic regression: same minimiser as scipy's
+    # L-BFGS-B (same memory), in a comparable number of iterations; and the line
+    # search's accepted step satisfies the sufficient-decrease condition it
+    # promises, also when it is handed the slope.
+    from jaxnum.implicit._linesearch import armijo
+
+    rng = np.random.default_rng(7)
+    n, d = 200, 15
+    X = jnp.asarray(rng.standard_normal((n, d)))
+    y = jnp.asarray((rng.standard_normal(n) > 0).astype(float))
+
+    def f(w, lam):
+        z = X @ w
+        return jnp.mean(jnp.logaddexp(0.0, z) - y * z) + 0.5 * lam * jnp.sum(w**2)
+
+    ref = so.minimize(lambda w: float(f(jnp.asarray(w), 1e-2)), np.zeros(d),
+                      jac=lambda w: np.asarray(jax.grad(f)(jnp.asarray(w), 1e-2)), method="L-BFGS-B",
+                      options={"maxcor": 10, "gtol": 1e-11, "ftol": 0.0, "maxiter": 1000})
+    sol = ji.minimise(f, ji.LBFGS(rtol=0, atol=1e-10), jnp.zeros(d), 1e-2)
+    np.testing.assert_allclose(sol.value, ref.x, rtol=1e-6, atol=1e-8)
+    assert sol.stats["residual"] <= 1e-10
+    assert int(sol.stats["num_steps"]) <= 1.5 * ref.nit + 5, (int(sol.stats["num_steps"]), ref.nit)
+
+    vg = jax.value_and_grad(lambda w: f(w, 1e-2))
+    w = jnp.asarray(rng.standard_normal(d))
+    fw, gw = vg(w)
+    p = -gw
+    for alpha0, slope in ((1.0, None), (50.0, None), (50.0, jnp.vdot(gw, p))):
+        alpha, w1, f1, g1, ok = armijo(None, vg, w, fw, gw, p, jnp.asarray(alpha0), slope=slope)
+        assert bool(ok) and 0 < float(alpha) <= alpha0
+        assert float(f1) <= float(fw + 1e-4 * alpha * jnp.vdot(gw, p))
+        np.testing.assert_allclose(w1, w + alpha * p)
+        np.testing.assert_allclose(g1, vg(w1)[1], rtol=1e-12)
