@@ -102,8 +102,9 @@ class ImplicitAdjoint(AbstractImplicitAdjoint):
     - `max_steps`: cap on matrix-vector products of the default solver.
     - `probes`: random sign vectors of the `"diagonal"` preconditioner.
 
-    A solve that fails to converge raises inside the transformation (lineax throws
-    for tangent and transposed solves): never a silently wrong derivative.
+    A solve that fails to converge raises inside the transformation (the default
+    symmetric CG through `equinox.error_if`; lineax throws for tangent and
+    transposed solves): never a silently wrong derivative.
     """
 
     linear_solver: lx.AbstractLinearSolver | None = None
