@@ -317,10 +317,10 @@ def test_resume_keeps_the_stored_stream_layout(tmp_path):
 
 
 def test_row_writes_match_gathered_and_resume(tmp_path, monkeypatch):
-    """Fields with large rows are written row by row straight from each chunk
-    (`_storage._ROW_BYTES`): the same data as the gathered path, and a resumed run
-    (chunks read back from the part files) gives the same file byte for byte, no
-    sample lost or repeated."""
+    """Fields with large rows (`_storage._ROW_BYTES`) are written row by row, into the
+    part files and straight from each chunk into the final file: the same data as the
+    gathered path, and a resumed run (chunks read back from the part files) gives the
+    same file byte for byte, no sample lost or repeated."""
     import jaxnum.data._storage as stg
 
     gathered = str(tmp_path / "gathered.h5")

@@ -204,7 +204,13 @@ def write_chunk(
         f.attrs["chunk"] = chunk
         g = f.create_group("samples", track_order=True)
         for name, value in samples.items():
-            _put(g, name, value)
+            value = np.asarray(value)
+            if value.shape and value.shape[0] and _row_bytes(value) >= _ROW_BYTES:
+                # Large rows one by one (see `assemble`: cheaper than one large write).
+                g.create_dataset(name, shape=value.shape, dtype=value.dtype, track_times=False)
+                _write_rows(g[name], value, np.arange(value.shape[0]))
+            else:
+                _put(g, name, value)
         s = f.create_group("state", track_order=True)
         for i, leaf in enumerate(state):
             _put(s, str(i), leaf)
