@@ -432,7 +432,7 @@ def _copy_neuralop_weights(tmodel, model):
     return model
 
 
-@pytest.mark.parametrize("modes,n", [((8,), 64), ((5, 4), 16)])
+@pytest.mark.parametrize("modes,n", [((8,), 64), pytest.param((5, 4), 16, marks=pytest.mark.slow)])
 def test_fno_equals_neuraloperator_fno_with_copied_weights(modes, n):
     # The default FNO is neuraloperator's: layer layout (no activation in the last
     # block), exact GELU, grid channels, parameter count. An even grid, because
