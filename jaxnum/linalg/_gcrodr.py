@@ -9,6 +9,7 @@ from jax import lax
 from ._arnoldi import Cycle
 from ._gmres import conj_options, krylov_stats, transpose_options
 from ._misc import (
+    all_finite,
     check_square,
     check_tolerances,
     default_max_steps,
@@ -101,20 +102,24 @@ def harmonic_ritz_harvest(k: int):
         Rp_safe = jnp.where(ok, Rp, jnp.eye(k, dtype=dtype))
         # Small coefficient matrices first, then one pass over the long vectors:
         # C' = Ŵ Qp (one product with the [C; V] buffer) and U' = V̂ P Rp^{-1} =
-        # V̂ coef^T, with Û = D U and masked V rows.
-        C_new = Qp[k - kc :].T @ cycle.W.reshape(cycle.W.shape[0], n)
+        # V̂ coef^T, with Û = D U and masked V rows. When the harvest fails (`ok`
+        # False) the coefficients select the old pair instead, so that no extra pass
+        # over the long vectors is spent on choosing between old and new.
         coef = upper_inverse(Rp_safe).T @ P.T
         coef = coef.at[:, k:].set(jnp.where(used[None, :], coef[:, k:], 0.0))
+        keep_c = jnp.eye(kc + size + 1, k, dtype=dtype)  # [I; 0]: C itself (0 if kc = 0)
+        C_coef = jnp.where(ok, Qp[k - kc :], keep_c)
+        C_out = (C_coef.T @ cycle.W.reshape(cycle.W.shape[0], n)).reshape(C.shape)
         coef_v = jnp.concatenate([coef[:, k:], jnp.zeros((k, 1), dtype)], axis=1)
-        U_new = coef_v @ Vf
+        U_out = jnp.where(ok, coef_v, 0.0) @ Vf
         if kc:
-            U_new = U_new + (coef[:, :k] * d[None, :]) @ Uf
+            coef_u = jnp.where(ok, coef[:, :k] * d[None, :], jnp.eye(k, dtype=dtype))
+            U_out = U_out + coef_u @ Uf
+        U_out = U_out.reshape(U.shape)
         # The new Gram matrices from small ones: C'^T U' = Qp^T (Ŵ^T V̂) coef^T and
         # U'^T U' = coef (V̂^T V̂) coef^T, V̂^T V̂ = [[D U^T U D, (V^T U D)^T], [V^T U D, I]].
         VhtVh = jnp.block([[UtU, VtU[:size].T], [VtU[:size], jnp.diag(used.astype(dtype))]])
         grams_new = (Qp.T @ WtV @ coef.T, coef @ VhtVh @ coef.T)
-        U_out = jnp.where(ok, U_new.reshape(U.shape), U)
-        C_out = jnp.where(ok, C_new.reshape(C.shape), C)
         grams_out = tuple(jnp.where(ok, a, b) for a, b in zip(grams_new, grams))
         return U_out, C_out, have | ok, grams_out
 
@@ -154,7 +159,9 @@ class GCRODR(lx.AbstractLinearSolver):
     - `harvest_every`: refresh the recycle space from the harmonic Ritz vectors only
         every this many cycles (default 1: after every cycle, as in Parks et al.);
         the cycles in between keep the space fixed (GCRO cycles). Each refresh costs
-        `O(n k m)` flops and a small non-symmetric eigenproblem.
+        `O(n k m)` flops and a small non-symmetric eigenproblem (at 128^2 about as much
+        as 10-15 Arnoldi steps); 2-3 is a good trade on the convection-diffusion
+        benchmark (see `docs/linalg.md`).
 
     **Options:** `recycle` (a `RecycleSpace`, e.g. the previous solve's
     `stats["recycle"]`; absent means start fresh), `preconditioner` (right), `y0`.
@@ -251,10 +258,13 @@ class GCRODR(lx.AbstractLinearSolver):
         )
         U_new = loop.U.reshape(k, n).T
         C_new = loop.C.reshape(k, n).T
+        # A failed harvest hands the old pair back through its coefficients, which
+        # would not protect it from non-finite Arnoldi vectors: check once per solve.
+        keep = loop.have & all_finite(U_new, C_new)
         new_space = RecycleSpace(
-            basis=jnp.where(loop.have, U_new, space.basis),
-            image=jnp.where(loop.have, C_new, space.image),
-            active=loop.have | space.active,
+            basis=jnp.where(keep, U_new, space.basis),
+            image=jnp.where(keep, C_new, space.image),
+            active=keep | space.active,
             skip=space.skip,
             backoff=space.backoff,
             reference=space.reference,
