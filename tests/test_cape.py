@@ -4,10 +4,12 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+import pytest
 
 from jaxnum.nn import CAPE, FNO
 
 
+@pytest.mark.slow
 def test_widened_cape_feeds_u_and_attention_to_the_base_model():
     key = jr.PRNGKey(0)
     base = FNO(2, 1, (4,), 8, depth=2, key=key)

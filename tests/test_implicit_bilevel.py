@@ -42,6 +42,7 @@ def _logistic_problem(seed=0):
     return X, inner, outer
 
 
+@pytest.mark.slow
 def test_logistic_hypergradient_fd_forward_reverse():
     X, inner, outer = _logistic_problem()
     d = X.shape[1]
@@ -70,6 +71,7 @@ def test_logistic_hypergradient_fd_forward_reverse():
     assert 0 < int(stats["adjoint_num_matvecs"]) <= 3 * d
 
 
+@pytest.mark.slow
 def test_estimated_jacobi_preconditioner():
     import lineax as lx
 
