@@ -72,6 +72,7 @@ def test_cycle_symmetric_positive_definite(shape, kwargs):
     assert np.all(np.linalg.eigvalsh(0.5 * (G + G.T)) > 0)
 
 
+@pytest.mark.slow
 def test_periodic_cycle_symmetric():
     # A periodic axis and a Dirichlet one (SPD); and a fully periodic shifted one.
     rng = np.random.default_rng(2)
@@ -107,7 +108,7 @@ def _pcg(op, b):
 # Measured 12-14 products at every size (unpreconditioned CG: 180-750); bound 20.
 @pytest.mark.parametrize(
     "res,ndim,coefficient",
-    [(32, 2, "threshold"), (64, 2, "threshold"),
+    [(32, 2, "threshold"), pytest.param(64, 2, "threshold", marks=pytest.mark.slow),
      pytest.param(64, 2, "lognormal", marks=pytest.mark.slow),
      (16, 3, "threshold"), (16, 3, "lognormal"),
      pytest.param(128, 2, "threshold", marks=pytest.mark.slow),
@@ -148,6 +149,7 @@ def test_jit_vmap_over_coefficients():
         assert int(counts[i]) <= 20
 
 
+@pytest.mark.slow
 def test_solve_sequence_deflated_cg_with_multigrid():
     prob = Darcy(32, 2)
     params = jax.vmap(prob.sample_parameters)(jr.split(jr.PRNGKey(4), 5))
