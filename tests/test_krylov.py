@@ -457,7 +457,10 @@ def test_cheap_deflation_vmap_gradient_float32():
     [
         pytest.param(lambda: jl.GMRES(RTOL, 0.0, restart=21), id="gmres", marks=pytest.mark.slow),
         # restart 21 / 21 - 7 = 14 steps: chunks of the Arnoldi loop end mid-cycle.
-        pytest.param(lambda: jl.GCRODR(RTOL, 0.0, restart=21, recycle=7), id="gcrodr"),
+        pytest.param(
+            lambda: jl.GCRODR(RTOL, 0.0, restart=21, recycle=7), id="gcrodr",
+            marks=pytest.mark.slow,
+        ),
     ],
 )
 def test_gmres_gcrodr_grid_flat_and_pytree_operators_agree(make):
