@@ -276,6 +276,7 @@ def test_upper_inverse_is_accurate_on_ill_conditioned_triangles():
         assert np.abs(Rinv @ R - np.eye(k)).max() <= 1e-13 * max(cond, 1.0)
 
 
+@pytest.mark.slow
 def test_long_restart_cycles_converge_on_a_pde_matrix():
     # The triangular factor of a 64-step Arnoldi cycle is badly conditioned: the
     # Neumann-type inverse used before lost all accuracy and GMRES(64) stopped after
@@ -339,6 +340,7 @@ def test_cg_grid_shaped_and_flat_operators_agree():
                                rtol=0, atol=1e-8 * scale)
 
 
+@pytest.mark.slow
 def test_deflated_cg_harvest_every_space_and_counts():
     # harvest_every=3: solves 0 (fresh) and 3 harvest; 1 and 2 carry the space
     # unchanged with its image recomputed for their own operator. Every product is
@@ -380,7 +382,7 @@ def test_deflated_cg_harvest_every_space_and_counts():
     assert max(counts_dcg[1:]) < 0.85 * min(counts_cg[1:])
 
 
-@pytest.mark.parametrize("every", [1, 2])
+@pytest.mark.parametrize("every", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_init_cg_on_multiple_right_hand_sides(every):
     # init-CG (Stathopoulos and Orginos 2010): the same Darcy operator, new right-hand
     # sides; only the starting guess is deflated, then plain CG with a Galerkin

@@ -228,6 +228,7 @@ def test_gradient_through_a_recycled_sequence(solver):
     np.testing.assert_allclose(jnp.vdot(g, d), fd, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_warm_start_on_a_continuous_family():
     # A one-parameter family a_t = exp(t g): neighbouring solutions are close, so the
     # minimal-residual combination of the previous solutions is a good start. The
