@@ -307,6 +307,21 @@ def _spd_with_small_cluster(rng, n, small=6):
     return (q * ev) @ q.T
 
 
+def _two_leaf_system(op, b, tags=()):
+    """`op`'s matrix as a two-leaf PyTree operator (the flat path through the
+    Flattener) and `b` split to match."""
+    A = jnp.asarray(op.as_matrix())
+    half = A.shape[0] // 2
+
+    def mv(t):
+        y = A @ jnp.concatenate([t[0], t[1]])
+        return (y[:half], y[half:])
+
+    struct = (jax.ShapeDtypeStruct((half,), A.dtype),) * 2
+    flat_b = jnp.asarray(b).ravel()
+    return lx.FunctionLinearOperator(mv, struct, tags), (flat_b[:half], flat_b[half:])
+
+
 def test_cg_grid_shaped_and_flat_operators_agree():
     # The CG loop keeps a grid-shaped operator's vectors in the grid shape; a flat
     # BCOO operator and a PyTree-structured operator take the flat path. Same
@@ -324,17 +339,8 @@ def test_cg_grid_shaped_and_flat_operators_agree():
     np.testing.assert_allclose(np.asarray(s2.value), ref, rtol=0, atol=1e-8 * scale)
     assert int(s1.stats["num_matvecs"]) == int(s2.stats["num_matvecs"])
     # A two-leaf PyTree structure (flat path through the Flattener).
-    A = np.asarray(op.as_matrix())
-    half = n * n // 2
-
-    def mv(t):
-        y = jnp.asarray(A) @ jnp.concatenate([t[0], t[1]])
-        return (y[:half], y[half:])
-
-    struct = (jax.ShapeDtypeStruct((half,), jnp.float64),) * 2
-    tree_op = lx.FunctionLinearOperator(mv, struct, lx.positive_semidefinite_tag)
-    flat_b = np.asarray(b).ravel()
-    s3 = lx.linear_solve(tree_op, (jnp.asarray(flat_b[:half]), jnp.asarray(flat_b[half:])),
+    tree_op, tree_b = _two_leaf_system(op, b, lx.positive_semidefinite_tag)
+    s3 = lx.linear_solve(tree_op, tree_b,
                          jl.DeflatedCG(rtol=RTOL, atol=0.0, recycle=3, deflation="init"))
     np.testing.assert_allclose(np.concatenate([np.asarray(v) for v in s3.value]), ref,
                                rtol=0, atol=1e-8 * scale)
@@ -478,17 +484,7 @@ def test_gmres_gcrodr_grid_flat_and_pytree_operators_agree(make):
     ref = spla.spsolve(to_scipy(op).tocsc(), np.asarray(b).ravel())
     scale = np.abs(ref).max()
     sparse = jl.SparseOperator(op.as_bcoo())
-    A = np.asarray(op.as_matrix())
-    half = n * n // 2
-
-    def mv(t):
-        y = jnp.asarray(A) @ jnp.concatenate([t[0], t[1]])
-        return (y[:half], y[half:])
-
-    struct = (jax.ShapeDtypeStruct((half,), jnp.float64),) * 2
-    tree_op = lx.FunctionLinearOperator(mv, struct)
-    flat_b = np.asarray(b).ravel()
-    tree_b = (jnp.asarray(flat_b[:half]), jnp.asarray(flat_b[half:]))
+    tree_op, tree_b = _two_leaf_system(op, b)
     solver = make()
     s1 = _solve(op, b, solver)
     s2 = _solve(sparse, b.ravel(), solver)
