@@ -167,6 +167,16 @@ def darcy_file(tmp_path_factory):
     return path
 
 
+def _interrupt_at(chunk):
+    """An `on_chunk` callback that stops a generation (as Ctrl-C does) after `chunk`."""
+
+    def interrupt(t):
+        if t == chunk:
+            raise KeyboardInterrupt
+
+    return interrupt
+
+
 def test_elliptic_against_spsolve(darcy_file):
     problem = ToyDarcy()
     data, attrs = read_all(darcy_file)
@@ -276,12 +286,8 @@ def test_resume_after_keyboard_interrupt_and_stale_files(tmp_path):
     and an interrupted assembly."""
     path = str(tmp_path / "a.h5")
 
-    def interrupt(t):
-        if t == 1:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        generate(ToyDarcy(), 11, path, seed=2, chunk_size=3, progress=False, on_chunk=interrupt)
+        generate(ToyDarcy(), 11, path, seed=2, chunk_size=3, progress=False, on_chunk=_interrupt_at(1))
     parts = path + ".parts"
     assert sorted(os.listdir(parts)) == ["chunk_00000.h5", "chunk_00001.h5", "manifest.h5"]
     with open(os.path.join(parts, "chunk_00002.h5.tmp-999"), "wb") as f:
@@ -302,12 +308,8 @@ def test_resume_keeps_the_stored_stream_layout(tmp_path):
     without naming `streams`, the stored layout and carried spaces are used."""
     path = str(tmp_path / "s.h5")
 
-    def interrupt(t):
-        if t == 1:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        generate(ToyDarcy(), 10, path, seed=1, chunk_size=3, streams=2, progress=False, on_chunk=interrupt)
+        generate(ToyDarcy(), 10, path, seed=1, chunk_size=3, streams=2, progress=False, on_chunk=_interrupt_at(1))
     generate(ToyDarcy(), 10, path, seed=1, chunk_size=3, progress=False)
     reference = str(tmp_path / "r.h5")
     generate(ToyDarcy(), 10, reference, seed=1, chunk_size=3, streams=2, progress=False)
@@ -333,12 +335,8 @@ def test_row_writes_match_gathered_and_resume(tmp_path, monkeypatch):
 
     resumed = str(tmp_path / "resumed.h5")
 
-    def interrupt(t):
-        if t == 1:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        generate(ToyDarcy(), 11, resumed, seed=4, chunk_size=3, progress=False, on_chunk=interrupt)
+        generate(ToyDarcy(), 11, resumed, seed=4, chunk_size=3, progress=False, on_chunk=_interrupt_at(1))
     generate(ToyDarcy(), 11, resumed, seed=4, chunk_size=3, progress=False)
     assert _read_bytes(resumed) == _read_bytes(rows)
     with h5py.File(resumed) as f:
@@ -353,12 +351,8 @@ def test_row_writes_match_gathered_and_resume(tmp_path, monkeypatch):
 def test_time_dependent_resume(tmp_path):
     path = str(tmp_path / "h.h5")
 
-    def interrupt(t):
-        if t == 0:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        generate(ToyHeat(), 5, path, seed=4, chunk_size=2, progress=False, on_chunk=interrupt)
+        generate(ToyHeat(), 5, path, seed=4, chunk_size=2, progress=False, on_chunk=_interrupt_at(0))
     generate(ToyHeat(), 5, path, seed=4, chunk_size=2, progress=False)
     reference = str(tmp_path / "r.h5")
     generate(ToyHeat(), 5, reference, seed=4, chunk_size=2, progress=False)
@@ -728,12 +722,8 @@ def test_coefficient_stored_once_as_a_view(tmp_path):
     generate(problem, 5, full, seed=4, chunk_size=2, progress=False)
     path = str(tmp_path / "resumed.h5")
 
-    def interrupt(t):
-        if t == 1:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        generate(problem, 5, path, seed=4, chunk_size=2, progress=False, on_chunk=interrupt)
+        generate(problem, 5, path, seed=4, chunk_size=2, progress=False, on_chunk=_interrupt_at(1))
     with h5py.File(os.path.join(path + ".parts", "chunk_00000.h5")) as f:
         assert "params/coefficient" not in f["samples"] and "inputs" in f["samples"]
     generate(problem, 5, path, seed=4, chunk_size=2, progress=False)
