@@ -1,3 +1,4 @@
+import inspect
 import json
 import os
 import subprocess
@@ -837,3 +838,84 @@ def test_trainer_ema_resumes_to_the_same_average(tmp_path):
 def test_trainer_ema_rejects_bad_decay(decay):
     with pytest.raises(ValueError, match=r"decay.*\[0, 1\)"):
         jt.Trainer(optax.adam(1e-3), ema=decay)
+
+
+# --- glibc malloc setting (jaxnum.train.tune_malloc) ---------------------------------------
+
+def _reuse_faults(size=64 << 20):
+    """Faults per page of touching a 64 MiB block malloc'ed right after an equal block
+    was freed: with freed memory kept in the process the second block reuses touched
+    pages; with glibc's defaults it is a fresh mmap, one fault per page. Standalone
+    (its source also runs in a subprocess that loads only `_malloc.py`: no jax import)."""
+    import ctypes
+    import resource
+
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = (ctypes.c_size_t,)
+    libc.free.argtypes = (ctypes.c_void_p,)
+    a = libc.malloc(size)
+    ctypes.memset(a, 1, size)
+    libc.free(a)
+    b = libc.malloc(size)
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    ctypes.memset(b, 2, size)
+    f1 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    libc.free(b)
+    return (f1 - f0) / (size // 4096)
+
+
+def _glibc_or_skip():
+    from jaxnum.train import _malloc
+
+    if _malloc._glibc() is None:
+        pytest.skip("glibc only")
+    return _malloc
+
+
+def test_tune_malloc_keeps_freed_memory_and_opt_out_keeps_glibc_defaults(tmp_path):
+    _malloc = _glibc_or_skip()
+    record = jt.tune_malloc()
+    assert record["applied"] and record["glibc"] and record["settings"] == _malloc.SETTINGS, record
+    assert record["late"] == _malloc._jax_started()
+    assert _reuse_faults() < 0.05  # pages reused, not mapped afresh
+    # a fresh process that opts out at import keeps glibc's defaults (and the
+    # measurement above can fail: there nearly every page faults), then opts in
+    script = tmp_path / "optout.py"
+    script.write_text(inspect.getsource(_reuse_faults) + textwrap.dedent(
+        f"""
+        import importlib.util, json
+        spec = importlib.util.spec_from_file_location("m", {_malloc.__file__!r})
+        m = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(m)
+        before = _reuse_faults()
+        rec = m.tune_malloc()
+        print(json.dumps([m.AT_IMPORT, before, rec, _reuse_faults()]))
+        """
+    ))
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    env["JAXNUM_TUNE_MALLOC"] = "0"
+    out = subprocess.run([sys.executable, str(script)], check=True, capture_output=True, text=True, env=env)
+    at_import, before, rec, after = json.loads(out.stdout)
+    assert not at_import["applied"] and "JAXNUM_TUNE_MALLOC=0" in at_import["reason"]
+    assert before > 0.9, before
+    assert rec["applied"] and not rec["late"] and after < 0.05, (rec, after)
+
+
+def test_tune_malloc_does_nothing_off_glibc_and_respects_the_environment(monkeypatch):
+    from jaxnum.train import _malloc
+
+    monkeypatch.setattr(sys, "platform", "darwin")
+    rec = jt.tune_malloc()
+    assert rec == {"applied": False, "glibc": None, "settings": {}, "late": rec["late"],
+                   "reason": "not glibc: nothing done"}
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.setenv("JAXNUM_TUNE_MALLOC", "0")
+    assert not _malloc._tune_at_import()["applied"]
+    monkeypatch.setenv("JAXNUM_TUNE_MALLOC", "1")
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+    assert "left as given" in _malloc._tune_at_import()["reason"]
+    monkeypatch.delenv("GLIBC_TUNABLES")
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda")
+    assert "no CPU backend" in _malloc._tune_at_import()["reason"]

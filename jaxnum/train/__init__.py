@@ -39,6 +39,7 @@ from ._losses import (
 from ._losses import (
     nrmse as nrmse,
 )
+from ._malloc import tune_malloc as tune_malloc
 from ._normalise import (
     AbstractNormaliser as AbstractNormaliser,
 )
