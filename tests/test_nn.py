@@ -79,7 +79,7 @@ def test_reflection_symmetry_and_real_output(getkey):
     modes = (5, 4)
     conv = SpectralConv(2, 2, modes, key=getkey(), use_bias=False)
     wr = conv.weight.real
-    wr = 0.5 * (wr + jnp.flip(wr, axis=2))  # even in the centred first-axis frequency
+    wr = 0.5 * (wr + jnp.flip(wr, axis=0))  # even in the centred first-axis frequency (stored modes first)
     conv = eqx.tree_at(lambda c: (c.weight.real, c.weight.imag), conv, (wr, jnp.zeros_like(wr)))
     x = jr.normal(getkey(), (2, 16, 12))
 
@@ -120,7 +120,7 @@ def test_modes_validated_against_resolution(getkey):
     small = eqx.tree_at(
         lambda c: (c.weight.real, c.weight.imag, c.bias),
         small,
-        (clamped.weight.real[..., :5], clamped.weight.imag[..., :5], clamped.bias),
+        (clamped.weight.real[:5], clamped.weight.imag[:5], clamped.bias),
     )
     assert np.allclose(clamped(x), small(x), atol=1e-12)
     # 2D: centred slice of the first axis
@@ -262,6 +262,15 @@ def test_tucker_and_cp_weights_against_numpy(getkey):
     fac = [np.asarray(a) + 1j * np.asarray(b) for a, b in zip(cp.factors_real, cp.factors_imag)]
     ref = np.einsum("ir,or,kr,lr,r->iokl", *fac, np.asarray(cp.weights))
     assert np.allclose(cp(modes), ref, atol=1e-12)
+    # the modes-first parts the mixing uses are the same tensor, every weight kind
+    from jaxnum.nn import DenseSpectralWeight
+
+    dense = DenseSpectralWeight(3, 2, modes, key=getkey())
+    assert dense.real.shape == (5, 4, 3, 2)  # stored modes first
+    for w in (tk, cp, dense):
+        for used in (modes, (2, 2)):
+            wr, wi = w.modes_first(used)
+            assert np.allclose(wr + 1j * wi, np.transpose(np.asarray(w(used)), (2, 3, 0, 1)), atol=1e-12)
 
 
 @pytest.mark.slow
@@ -376,12 +385,14 @@ def test_dft_rows_and_mixings_match_references(getkey):
     # four-product mixing = the [[Wr, Wi], [-Wi, Wr]] block product it replaced
     wr, wi = jr.normal(getkey(), (c, o, m)), jr.normal(getkey(), (c, o, m))
     old = jnp.einsum("...c,...co->...o", zc, block_weight(wr + 1j * wi))
+    wr, wi = jnp.moveaxis(wr, -1, 0), jnp.moveaxis(wi, -1, 0)  # the mixings take weights modes first
     assert np.allclose(mix_channels(zc, wr, wi), old, atol=1e-12)
     new = mix_rows(z, wr, wi)
     assert np.allclose(jnp.concatenate([new[:m], new[m:]], axis=-1), old, atol=1e-12)
     w2r, w2i = jr.normal(getkey(), (c, o, 5, 3)), jr.normal(getkey(), (c, o, 5, 3))
     z2 = jr.normal(getkey(), (5, 3, 2 * c))
     old2 = jnp.einsum("...c,...co->...o", z2, block_weight(w2r + 1j * w2i))
+    w2r, w2i = jnp.transpose(w2r, (2, 3, 0, 1)), jnp.transpose(w2i, (2, 3, 0, 1))
     assert np.allclose(mix_channels(z2, w2r, w2i), old2, atol=1e-12)
 
 
@@ -421,6 +432,7 @@ def _copy_neuralop_weights(tmodel, model):
     for i, blk in enumerate(model.blocks):
         spec = tmodel.fno_blocks.convs[i].weight
         spec = (spec.to_tensor() if hasattr(spec, "to_tensor") else spec.tensor).detach().numpy()
+        spec = np.moveaxis(spec, (0, 1), (-2, -1))  # (in, out, *kept) -> jaxnum's modes-first storage
         new = eqx.tree_at(
             lambda t: (t.conv.weight.real, t.conv.weight.imag, t.conv.bias, t.skip.weight, t.mlp, t.mlp_skip.weight),
             blk,

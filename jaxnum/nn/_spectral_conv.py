@@ -66,19 +66,16 @@ def _complex_mix(zr, zi, wr, wi, spec: str):
 
 def mix_channels(z, wr, wi):
     """Mode mixing of a block `(*kept, 2c)` [re | im] by a weight given as real and
-    imaginary parts `(in, out, *kept)`."""
-    d = wr.ndim - 2
-    perm = tuple(range(2, 2 + d)) + (0, 1)
+    imaginary parts laid out modes first, `(*kept, in, out)`."""
     zr, zi = jnp.split(z, 2, axis=-1)
-    outr, outi = _complex_mix(zr, zi, jnp.transpose(wr, perm), jnp.transpose(wi, perm), "...c,...co->...o")
+    outr, outi = _complex_mix(zr, zi, wr, wi, "...c,...co->...o")
     return jnp.concatenate([outr, outi], axis=-1)
 
 
 def mix_rows(z, wr, wi):
     """Mode mixing in the layout of `forward_dft_rows`: `z` `(2m, c)` (real parts,
-    then imaginary parts), weight parts `(in, out, m)`; returns `(2m, out)`."""
+    then imaginary parts), weight parts modes first `(m, in, out)`; returns `(2m, out)`."""
     m = z.shape[0] // 2
-    wr, wi = jnp.moveaxis(wr, -1, 0), jnp.moveaxis(wi, -1, 0)
     outr, outi = _complex_mix(z[:m], z[m:], wr, wi, "kc,kco->ko")
     return jnp.concatenate([outr, outi], axis=0)
 
@@ -187,8 +184,8 @@ class SpectralConv(eqx.Module):
         method = self.method
         if method == "auto":
             method = "dft" if dft_is_cheaper(used, spatial) else "fft"
-        w = self.weight(used)
         if jax.default_backend() in ("gpu", "tpu"):
+            w = self.weight(used)
             z = forward_dft(x, used) if method == "dft" else forward_fft(x, used)
             # the Pallas mode-mixing kernel of jaxnum.kernels, channels first
             zc = lax.complex(*jnp.split(z, 2, axis=-1))
@@ -199,10 +196,10 @@ class SpectralConv(eqx.Module):
         elif method == "dft" and len(spatial) == 1:
             # modes on the major axis: one matrix product each way, no transposes of
             # the activation (see `forward_dft_rows`)
-            wr, wi = jnp.real(w).astype(x.dtype), jnp.imag(w).astype(x.dtype)
+            wr, wi = (a.astype(x.dtype) for a in self.weight.modes_first(used))
             y = inverse_dft_rows(mix_rows(forward_dft_rows(x, used[0]), wr, wi), spatial[0])
         else:
-            wr, wi = jnp.real(w).astype(x.dtype), jnp.imag(w).astype(x.dtype)
+            wr, wi = (a.astype(x.dtype) for a in self.weight.modes_first(used))
             z = forward_dft(x, used) if method == "dft" else forward_fft(x, used)
             z = mix_channels(z, wr, wi)
             y = inverse_dft(z, used, spatial) if method == "dft" else inverse_fft(z, used, spatial)

@@ -6,6 +6,13 @@ A spectral weight is the complex tensor $W \in \mathbb{C}^{c_{in} \times c_{out}
 (real and imaginary part): JAX's gradient of a complex parameter is the conjugate
 of what an optimiser expects, and optax's moment estimates and weight decay are
 meant for real leaves.
+
+Calling a weight gives $W$ as `(in, out, *kept)` (neuraloperator's order);
+`modes_first(used)` gives its real and imaginary parts as `(*kept, in, out)`, the
+layout of the mode mixing (one matrix product per mode). The dense weight is *stored*
+modes first, so the mixing reads it, and its gradient is written, without a transpose
+at every step (measured on XLA:CPU: the 2D FNO step transposed every spectral weight
+forward and its gradient back).
 """
 
 import abc
@@ -44,19 +51,27 @@ class AbstractSpectralWeight(eqx.Module):
     def __call__(self, used: Sequence[int]) -> Complex[Array, "in out *kept"]:
         """The dense complex weight restricted to the lowest `used` modes per axis."""
 
+    def modes_first(self, used: Sequence[int]) -> tuple[Float[Array, "*kept in out"], Float[Array, "*kept in out"]]:
+        """Real and imaginary parts of `self(used)`, laid out `(*kept, in, out)`."""
+        w = self(used)
+        perm = tuple(range(2, w.ndim)) + (0, 1)
+        return jnp.transpose(jnp.real(w), perm), jnp.transpose(jnp.imag(w), perm)
+
     def num_parameters(self) -> int:
         """Number of real scalars held (real and imaginary parts both count)."""
         return sum(leaf.size for leaf in jax.tree_util.tree_leaves(eqx.filter(self, eqx.is_array)))
 
 
 class DenseSpectralWeight(AbstractSpectralWeight):
-    """Unfactorised weight: one complex number per (input, output, mode).
+    """Unfactorised weight: one complex number per (input, output, mode), stored as
+    `real` and `imag` leaves laid out `(*kept, in, out)` (modes first; calling the
+    weight returns the complex `(in, out, *kept)` tensor).
 
     Initialised with both parts i.i.d. $N(0, 1/(c_{in}+c_{out}))$.
     """
 
-    real: Float[Array, "in out *kept"]
-    imag: Float[Array, "in out *kept"]
+    real: Float[Array, "*kept in out"]
+    imag: Float[Array, "*kept in out"]
     in_channels: int = eqx.field(static=True)
     out_channels: int = eqx.field(static=True)
     modes: tuple[int, ...] = eqx.field(static=True)
@@ -64,15 +79,21 @@ class DenseSpectralWeight(AbstractSpectralWeight):
     def __init__(self, in_channels, out_channels, modes, *, key, dtype=None):
         dtype = _default_dtype(dtype)
         self.in_channels, self.out_channels, self.modes = in_channels, out_channels, tuple(modes)
-        shape = (in_channels, out_channels, *kept_shape(self.modes))
+        shape = (*kept_shape(self.modes), in_channels, out_channels)
         std = dense_init_std(in_channels, out_channels)
         kr, ki = jr.split(key)
         self.real = std * jr.normal(kr, shape, dtype)
         self.imag = std * jr.normal(ki, shape, dtype)
 
+    def modes_first(self, used):
+        sl = centred_slices(self.modes, used)
+        return self.real[sl], self.imag[sl]
+
     def __call__(self, used):
-        sl = (slice(None), slice(None)) + centred_slices(self.modes, used)
-        return lax.complex(self.real[sl], self.imag[sl])
+        wr, wi = self.modes_first(used)
+        d = len(self.modes)
+        perm = (d, d + 1) + tuple(range(d))
+        return lax.complex(jnp.transpose(wr, perm), jnp.transpose(wi, perm))
 
 
 def _cfactor(key, rows, cols, std, dtype):
