@@ -2,6 +2,7 @@
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import lineax as lx
 from jax import lax
@@ -59,6 +60,7 @@ def deflated_cg_loop(
     harvest: int = 0, ritz: int = 0, matvecs0=0, harvest_windows: int | None = None,
     harvest_keep: int | None = None, every_step: bool = True,
     restart_factor: float | None = None, identity_precond: bool = False,
+    coarse=None,
 ) -> CGOut:
     """PCG with deflation (Saad, Yeung, Erhel and Guyomarc'h 2000, Algorithm 3.6).
 
@@ -75,6 +77,12 @@ def deflated_cg_loop(
     Vectors (`b`, `x0`, what `matvec` and `precond` take and return) may have any
     shape (the operator's own grid shape is fastest); `W`, `AW` and the harvested
     Ritz vectors are flat `(n, k)`.
+
+    `coarse` (a `CoarseSpace`, see `_deflated_cg.py`) adds `m` implicit deflation
+    vectors `Z` (indicators of grid blocks) to `W`: the deflation space is `[Z, W]`.
+    `Z^T v`, `(A Z)^T v` and `Z mu` are block reductions and broadcasts; `A Z mu` is
+    needed only by a Galerkin correction (start, residual replacement), where it
+    costs one counted matrix-vector product.
     """
     shape, dtype = b.shape, b.dtype
     n = b.size
@@ -84,30 +92,63 @@ def deflated_cg_loop(
     b = jnp.where(ok_input, b, 0.0)
     x0 = jnp.where(ok_input, x0, 0.0)
     k = 0 if W is None else W.shape[1]
+    m = 0 if coarse is None else coarse.size
+    empty = jnp.array(False)
     if k:
         Wr, AWr = W.T, AW.T  # rows (k, n): `x @ Wr` is much faster on XLA:CPU
-        E = Wr @ AWr.T
-        E = 0.5 * (E + E.T)
+        Eww = Wr @ AWr.T
+        Eww = 0.5 * (Eww + Eww.T)
         # W = 0 (no space yet) gives E = 0: use the identity so the solves stay finite.
         empty = jnp.all(W == 0)
-        E = jnp.where(empty, jnp.eye(k, dtype=dtype), E)
-        E_inv = spd_inverse(E)
+        Eww = jnp.where(empty, jnp.eye(k, dtype=dtype), Eww)
+    if m and k:
+        # [Z, W]^T A [Z, W]; Z^T A W = (A Z)^T W, block reductions of W's columns.
+        Ezw = jax.vmap(lambda w: coarse.arestrict(w.reshape(shape)))(Wr).T
+        E = jnp.block([[coarse.E, Ezw], [Ezw.T, Eww]])
+    elif m:
+        E = coarse.E
+    elif k:
+        E = Eww
+    if k or m:
+        E_inv = spd_inverse(0.5 * (E + E.T))
 
-        def einv(v):
-            return E_inv @ v
+        def split(mu):
+            return mu[:m], mu[m:]
 
-        def correct(x, r):  # Galerkin correction on span(W)
-            mu = einv(Wr @ r.reshape(-1))
-            return x + (mu @ Wr).reshape(shape), r - (mu @ AWr).reshape(shape)
+        def correct(x, r, mv):  # Galerkin correction on span([Z, W]); returns mv too
+            parts = []
+            if m:
+                parts.append(coarse.restrict(r))
+            if k:
+                parts.append(Wr @ r.reshape(-1))
+            mu_z, mu_w = split(E_inv @ jnp.concatenate(parts))
+            if k:
+                x = x + (mu_w @ Wr).reshape(shape)
+                r = r - (mu_w @ AWr).reshape(shape)
+            if m:
+                dz = coarse.prolong(mu_z)
+                x = x + dz
+                r = r - matvec(dz)  # A Z mu is not stored: one counted product
+                mv = mv + 1
+            return x, r, mv
+
+        def deflate_direction(z):  # z - [Z, W] E^{-1} (A [Z, W])^T z
+            parts = []
+            if m:
+                parts.append(coarse.arestrict(z))
+            if k:
+                parts.append(AWr @ z.reshape(-1))
+            mu_z, mu_w = split(E_inv @ jnp.concatenate(parts))
+            if m:
+                z = z - coarse.prolong(mu_z)
+            if k:
+                z = z - (mu_w @ Wr).reshape(shape)
+            return z
     else:
-        correct = lambda x, r: (x, r)
-    if k and every_step:
-
-        def deflate_direction(z):
-            return z - (einv(AWr @ z.reshape(-1)) @ Wr).reshape(shape)
-    else:
+        correct = lambda x, r, mv: (x, r, mv)
+    if not (every_step and (k or m)):
         deflate_direction = lambda z: z
-    factor = None if (every_step or not k) else restart_factor
+    factor = None if (every_step or not (k or m)) else restart_factor
 
     mv = jnp.asarray(matvecs0, jnp.int32)
     if has_x0:
@@ -115,7 +156,7 @@ def deflated_cg_loop(
         mv = mv + 1
     else:
         r = b
-    x, r = correct(x0, r)
+    x, r, mv = correct(x0, r, mv)
     z = precond(r)
     p = deflate_direction(z)
     rz = jnp.vdot(r, z)
@@ -129,17 +170,23 @@ def deflated_cg_loop(
     # iteration needs two reductions, as plain CG does.
     def confirm(x, r, rr, mv, level):
         rt = b - matvec(x)
+        mv = mv + 1
         rt_ok = jnp.linalg.norm(rt) <= tol
         # On replacement keep W^T r = 0 (a Galerkin correction on span(W)).
-        x2, rt2 = correct(x, rt)
-        x = jnp.where(rt_ok, x, x2)
-        rt = jnp.where(rt_ok, rt, rt2)
+        if m:  # the correction costs a product: only when it is used
+            x, rt, mv = lax.cond(
+                rt_ok, lambda x, r, mv: (x, r, mv), correct, x, rt, mv
+            )
+        else:
+            x2, rt2, _ = correct(x, rt, mv)
+            x = jnp.where(rt_ok, x, x2)
+            rt = jnp.where(rt_ok, rt, rt2)
         rr = jnp.vdot(rt, rt)
         conv = rt_ok | (jnp.sqrt(rr) <= tol)
-        return x, rt, rr, mv + 1, jnp.array(True), conv, level
+        return x, rt, rr, mv, jnp.array(True), conv, level
 
     def galerkin_restart(x, r, rr, mv, level):  # init-CG: re-deflate, restart CG
-        x, r = correct(x, r)
+        x, r, mv = correct(x, r, mv)
         rr = jnp.vdot(r, r)
         return x, r, rr, mv, jnp.array(False), jnp.array(False), level * factor
 
@@ -344,11 +391,13 @@ class CG(lx.AbstractLinearSolver):
 def run_cg(
     solver, operator, vector, options, name, W=None, AW=None, harvest=0, ritz=0, mv0=0,
     harvest_windows=None, harvest_keep=None, harvest_on=None, every_step=True,
-    restart_factor=None, deflate_on=None,
+    restart_factor=None, deflate_on=None, coarse_fn=None,
 ):
     """Checks and flattening around `deflated_cg_loop`. With a traced `harvest_on`,
     the eigCG harvest runs only when it is true; with a traced `deflate_on`, `W` is
-    used only when it is true."""
+    used only when it is true. `coarse_fn(matvec, shape)`, if given, returns a
+    coarse deflation space for the (sign-adjusted) operator and the number of
+    products it cost; they are counted."""
     flat = check_square(operator, name)
     preconditioner = get_preconditioner(operator, options, name)
     shape = flat.vec_shape
@@ -364,6 +413,7 @@ def run_cg(
         if preconditioner is not None:
             precond = lambda x: -base_precond(x)
         b = -b
+    coarse, probes = (None, 0) if coarse_fn is None else coarse_fn(matvec, shape)
 
     def loop_fn(window, use_w, b, x0, W, AW, mv0):
         return deflated_cg_loop(
@@ -385,10 +435,11 @@ def run_cg(
             every_step=every_step,
             restart_factor=restart_factor,
             identity_precond=preconditioner is None,
+            coarse=coarse,
         )
 
     AW = None if AW is None else sign * AW
-    mv0 = jnp.asarray(mv0, jnp.int32)
+    mv0 = jnp.asarray(mv0, jnp.int32) + probes
     operands = (b, x0, W, AW, mv0)
     if W is None or (deflate_on is None and (not harvest or harvest_on is None)):
         loop = loop_fn(harvest, W is not None, *operands)

@@ -1,16 +1,176 @@
 """Deflated (recycled) conjugate gradients for sequences of SPD systems."""
 
+import math
 from typing import Literal
 
+import equinox as eqx
+import jax
 import jax.numpy as jnp
 import lineax as lx
+import numpy as np
 from jax import lax
+from jaxtyping import Array
 
 from ._cg import check_spd_operator, run_cg
 from ._gmres import conj_options, transpose_options
 from ._misc import batched_matvec, check_square, check_tolerances, vec_matvec
 from ._recycle import RecycleSpace, adaptive_update, empty_space, load_space
 
+
+def normalize_blocks(coarse_blocks, grid: tuple[int, ...]) -> tuple[int, ...]:
+    """One block edge per grid axis, checked against the grid (trace time)."""
+    d = len(grid)
+    blocks = (coarse_blocks,) * d if isinstance(coarse_blocks, int) else tuple(coarse_blocks)
+    if len(blocks) != d or not all(isinstance(b, int) and b >= 1 for b in blocks):
+        raise ValueError(
+            f"DeflatedCG: `coarse_blocks` must be a positive int or one positive int "
+            f"per grid axis ({d} axes for the grid {grid}); got {coarse_blocks!r}."
+        )
+    if any(n % b for n, b in zip(grid, blocks)):
+        raise ValueError(
+            f"DeflatedCG: `coarse_blocks={coarse_blocks!r}` does not divide the grid "
+            f"{grid}: every grid axis must be a multiple of its block edge (ragged last "
+            "blocks are not supported). Choose an edge that divides each axis, e.g. "
+            f"{tuple(_largest_divisor(n, b) for n, b in zip(grid, blocks))}."
+        )
+    m = math.prod(n // b for n, b in zip(grid, blocks))
+    if m > MAX_COARSE:
+        raise ValueError(
+            f"DeflatedCG: `coarse_blocks={coarse_blocks!r}` gives {m} blocks on the grid "
+            f"{grid}; the coarse matrix E = Z^T A Z is dense, so at most {MAX_COARSE} "
+            "blocks are allowed. Use larger blocks."
+        )
+    return blocks
+
+
+MAX_COARSE = 4096
+
+
+def _largest_divisor(n: int, b: int) -> int:
+    return max(c for c in range(1, min(n, b) + 1) if n % c == 0)
+
+
+def _colours(nb: tuple[int, ...]) -> np.ndarray:
+    # Block colour sum_a (a+1) m_a mod (2d+1): a block and its 2d face neighbours
+    # (colour offsets +-1, ..., +-d) all differ, so one probe per colour separates
+    # every column of A Z for a star stencil of reach one.
+    d = len(nb)
+    idx = np.indices(nb)
+    return sum((a + 1) * idx[a] for a in range(d)) % (2 * d + 1)
+
+
+class CoarseSpace(eqx.Module):
+    """Subdomain deflation vectors `Z` (indicators of grid blocks) for one operator.
+
+    `Z` is never stored: `Z^T v` is a block sum, `Z mu` a block broadcast. `A Z` is
+    kept in compressed form: `own[i] = (A 1_B)_i` for the block `B` holding `i`, and
+    per axis `faces[a]`, the couplings `A_ij` across the block interfaces normal to
+    axis `a` (on the first layer of blocks `1, 2, ...` along `a`; symmetric `A`).
+    Then `(A Z)^T v` is a block sum of `own * v` plus sums over the interface planes,
+    and `E = Z^T A Z` is a small dense SPD matrix, inverted once per solve.
+    """
+
+    blocks: tuple[int, ...] = eqx.field(static=True)
+    own: Array
+    faces: tuple[Array, ...]
+    E: Array
+
+    @property
+    def nb(self) -> tuple[int, ...]:
+        return tuple(n // b for n, b in zip(self.own.shape, self.blocks))
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.nb)
+
+    def restrict(self, v):
+        """`Z^T v`: block sums, flat `(m,)`."""
+        return block_sum(v, self.blocks).reshape(-1)
+
+    def prolong(self, mu):
+        """`Z mu`: a block-constant grid vector."""
+        grid, nb, blocks = self.own.shape, self.nb, self.blocks
+        # Expand the minor axis on the small array first, then broadcast the others:
+        # a broadcast whose minor axis is a short block edge vectorises badly on CPU.
+        mu = jnp.repeat(mu.reshape(nb), blocks[-1], axis=len(nb) - 1)
+        small = [s for m in nb[:-1] for s in (m, 1)] + [grid[-1]]
+        full = [s for m, b in zip(nb[:-1], blocks[:-1]) for s in (m, b)] + [grid[-1]]
+        return jnp.broadcast_to(mu.reshape(small), full).reshape(grid)
+
+    def arestrict(self, v):
+        """`(A Z)^T v = Z^T A v`, flat `(m,)`, without applying `A`."""
+        d = len(self.blocks)
+        t = block_sum(self.own * v, self.blocks)
+        for a in range(d):
+            first, last = interfaces(v, a, self.blocks[a])
+            edges = tuple(1 if c == a else b for c, b in enumerate(self.blocks))
+            to_lower = block_sum(self.faces[a] * first, edges)  # into m from m + 1
+            to_upper = block_sum(self.faces[a] * last, edges)  # into m + 1 from m
+            pad_lo, pad_hi = [(0, 0)] * d, [(0, 0)] * d
+            pad_lo[a], pad_hi[a] = (0, 1), (1, 0)
+            t = t + jnp.pad(to_lower, pad_lo) + jnp.pad(to_upper, pad_hi)
+        return t.reshape(-1)
+
+
+def block_sum(x, edges: tuple[int, ...]):
+    """Sums of `x` over blocks of the given edges (each dividing its axis).
+
+    The leading axes are summed in a split view, the minor axis afterwards on the
+    small result: a fused reduction whose minor axis is a short block edge runs
+    ~4x slower on XLA:CPU (measured, 3D 32^3 with 4^3 blocks).
+    """
+    d = x.ndim
+    lead = [s for c in range(d - 1) for s in (x.shape[c] // edges[c], edges[c])]
+    y = x.reshape(lead + [x.shape[-1]]).sum(axis=tuple(2 * c + 1 for c in range(d - 1)))
+    return y.reshape(y.shape[:-1] + (x.shape[-1] // edges[-1], edges[-1])).sum(axis=-1)
+
+
+def interfaces(v, a: int, b: int):
+    """Values on both sides of the block interfaces normal to axis `a`: the first
+    layer of blocks `1, 2, ...` and the last layer of blocks `0, 1, ...`."""
+    n = v.shape[a]
+    first = lax.slice_in_dim(v, b, n, stride=b, axis=a)
+    last = lax.slice_in_dim(v, b - 1, n - 1, stride=b, axis=a)
+    return first, last
+
+
+def build_coarse_space(matvec, shape: tuple[int, ...], blocks: tuple[int, ...], dtype):
+    """Probes `A Z` with `2d+1` block-coloured vectors (one batched product).
+
+    Assumes `A` is a symmetric star stencil of reach one without wrap-around (5-point
+    in 2D, 7-point in 3D, Dirichlet or Neumann boundaries): the products of the
+    probes then hold every non-zero of `A Z` exactly. Returns the `CoarseSpace` and
+    the number of products (`2d+1`).
+    """
+    d = len(shape)
+    nb = tuple(n // b for n, b in zip(shape, blocks))
+    col = _colours(nb)
+    colgrid = col
+    for a in range(d):
+        colgrid = np.repeat(colgrid, blocks[a], axis=a)
+    ncol = 2 * d + 1
+    probes = jnp.stack([jnp.asarray(colgrid == c, dtype) for c in range(ncol)])
+    Y = jax.vmap(matvec)(probes)  # (2d+1, *grid)
+
+    def pick(colour_of_cell):  # Y[colour_of_cell[i], i]
+        onehot = colour_of_cell[None] == np.arange(ncol).reshape((ncol,) + (1,) * d)
+        return jnp.sum(jnp.asarray(onehot, dtype) * Y, axis=0)
+
+    own = pick(colgrid)
+    idx = np.arange(math.prod(nb)).reshape(nb)
+    diag = block_sum(own, blocks).ravel()
+    E = jnp.zeros((idx.size, idx.size), dtype).at[idx.ravel(), idx.ravel()].set(diag)
+    faces = []
+    for a in range(d):
+        # On the first layer of block B + e_a, the coupling to B is (A 1_B) there.
+        first, _ = interfaces(pick((colgrid - (a + 1)) % ncol), a, blocks[a])
+        faces.append(first)
+        edges = tuple(1 if c == a else b for c, b in enumerate(blocks))
+        s = block_sum(first, edges).ravel()  # E[B, B + e_a]
+        i1 = np.take(idx, np.arange(nb[a] - 1), axis=a).ravel()
+        i2 = np.take(idx, np.arange(1, nb[a]), axis=a).ravel()
+        E = E.at[i1, i2].add(s).at[i2, i1].add(s)
+    return CoarseSpace(blocks, own, tuple(faces), E), ncol
 
 def ritz_harvest(W, AW, P, AP, k: int):
     """The `k` Ritz vectors of smallest Ritz value of `A` on `span([W, P])`.
@@ -131,13 +291,23 @@ class DeflatedCG(lx.AbstractLinearSolver):
     adaptive: bool = True
     drop_ratio: float = 0.95
     max_backoff: int = 16
+    coarse_blocks: int | tuple[int, ...] | None = None
 
     def __check_init__(self):
         check_tolerances("DeflatedCG", self.rtol, self.atol)
-        if self.recycle < 1:
+        if self.recycle < 0 or (self.recycle == 0 and self.coarse_blocks is None):
             raise ValueError(
-                f"DeflatedCG: `recycle` must be at least 1, got {self.recycle}."
+                f"DeflatedCG: `recycle` must be at least 1 (or 0 together with "
+                f"`coarse_blocks`, for subdomain deflation alone), got {self.recycle}."
             )
+        if self.coarse_blocks is not None:
+            blocks = self.coarse_blocks
+            blocks = (blocks,) if isinstance(blocks, int) else tuple(blocks)
+            if not blocks or not all(isinstance(b, int) and b >= 1 for b in blocks):
+                raise ValueError(
+                    "DeflatedCG: `coarse_blocks` is the block edge, a positive int or "
+                    f"one positive int per grid axis; got {self.coarse_blocks!r}."
+                )
         if self.harvest_keep is not None and not 1 <= self.harvest_keep <= self.recycle:
             raise ValueError(
                 f"DeflatedCG: `harvest_keep` ({self.harvest_keep}) must be between 1 "
@@ -164,6 +334,31 @@ class DeflatedCG(lx.AbstractLinearSolver):
                 f"Galerkin restarts, in (0, 1); got {self.restart_factor}."
             )
 
+    def coarse_geometry(self, operator, flat) -> tuple[int, ...]:
+        """The block edges for this operator's grid (trace-time checks)."""
+        if len(flat.shapes) != 1:
+            raise ValueError(
+                "DeflatedCG: `coarse_blocks` needs an operator whose vectors are one "
+                "grid-shaped array (e.g. a `StencilOperator`), but this operator acts "
+                f"on a PyTree of {len(flat.shapes)} arrays {flat.shapes}. Use "
+                "`coarse_blocks=None` (Ritz-vector deflation only) for it."
+            )
+        grid = flat.shapes[0]
+        if isinstance(self.coarse_blocks, tuple) and len(self.coarse_blocks) != len(grid):
+            raise ValueError(
+                f"DeflatedCG: `coarse_blocks={self.coarse_blocks!r}` has "
+                f"{len(self.coarse_blocks)} entries but the operator's vectors have "
+                f"the grid shape {grid}; give one block edge per axis (or one int)."
+            )
+        periodic = getattr(operator, "periodic", None)
+        if periodic is not None and any(periodic):
+            raise ValueError(
+                "DeflatedCG: `coarse_blocks` assumes a stencil without wrap-around, "
+                f"but the operator is periodic along some axis ({periodic}). Use "
+                "`coarse_blocks=None` for periodic operators."
+            )
+        return normalize_blocks(self.coarse_blocks, grid)
+
     def empty_recycle(self, operator) -> RecycleSpace:
         flat = check_square(operator, "DeflatedCG")
         return empty_space(flat.size, self.recycle, flat.dtype)
@@ -182,7 +377,28 @@ class DeflatedCG(lx.AbstractLinearSolver):
         operator = state
         flat = check_square(operator, "DeflatedCG")
         n, k = flat.size, self.recycle
+        coarse_fn = None
+        if self.coarse_blocks is not None:
+            blocks = self.coarse_geometry(operator, flat)
+
+            def coarse_fn(matvec, shape):
+                return build_coarse_space(matvec, shape, blocks, flat.dtype)
+
         space, carried = load_space(options, n, k, flat.dtype, "DeflatedCG", self.adaptive)
+        if k == 0:  # subdomain deflation alone: nothing to carry
+            x, (result, stats, _) = run_cg(
+                self,
+                operator,
+                vector,
+                options,
+                "DeflatedCG",
+                every_step=self.deflation == "every_step",
+                restart_factor=self.restart_factor,
+                coarse_fn=coarse_fn,
+            )
+            stats["recycle"] = eqx.tree_at(lambda s: s.solves, space, space.solves + 1)
+            stats["carried"] = jnp.array(False)
+            return x, result, stats
         matvec = vec_matvec(operator, flat)
         shape = flat.vec_shape
 
@@ -210,6 +426,7 @@ class DeflatedCG(lx.AbstractLinearSolver):
             every_step=self.deflation == "every_step",
             restart_factor=self.restart_factor,
             deflate_on=carried,
+            coarse_fn=coarse_fn,
         )
         Y = loop.ritz
 
