@@ -24,7 +24,10 @@ carry" rows stay independent solves from zero. GCRO-DR runs with
 included; DeflatedCG with its default `harvest_keep = k // 2` (`--dcg-keep`), and with
 `--dcg-cheap K H` also `DeflatedCG(recycle=K, harvest_every=H)` in similarity order
 (a smaller space harvested on every H-th solve only), and with `--gcrodr-cheap H`
-also GCRO-DR with `harvest_every=H` in similarity order.
+also GCRO-DR with `harvest_every=H` in similarity order, and with `--gcrodr-alt M K H`
+also `GCRODR(restart=M, recycle=K, harvest_every=H)`, both without carrying and in
+similarity order (rows named by their `(m, k)`; its carry ratio uses its own no-carry
+row).
 
 Times are the process CPU time per system (every side single-threaded, so this is
 the compute each side spent, independent of other load on a shared machine); wall
@@ -284,10 +287,18 @@ def run_case(name, args):
         indep = {"jaxnum GMRES(40)": jl.GMRES(RTOL, 0.0, restart=M), "jaxnum GCRO-DR(40,20), no carry": None}
         rec = jl.GCRODR(RTOL, 0.0, restart=M, recycle=K, harvest_every=args.harvest_every)
         rec_name = "GCRO-DR(40,20)"
+    if not symmetric and args.gcrodr_alt:
+        # Session 6: another (m, k, harvest_every), with its own no-carry row, so that
+        # its carry ratio compares like with like.
+        m2, k2, h2 = args.gcrodr_alt
+        alt = jl.GCRODR(RTOL, 0.0, restart=m2, recycle=k2, harvest_every=h2)
+        alt_name = f"GCRO-DR({m2},{k2}, harvest_every={h2})"
+        indep[f"jaxnum {alt_name}, no carry"] = alt
     sub = take(params, slice(0, P))
     for label, solver in indep.items():
-        if solver is None:  # the recycling solver, with nothing carried between systems
-            def one(p, s=rec):
+        if solver is None or isinstance(solver, jl.GCRODR):
+            # A recycling solver with nothing carried between systems.
+            def one(p, s=rec if solver is None else solver):
                 sol = lx.linear_solve(make(p), rhs, s, throw=False)
                 return sol.value, sol.stats["num_matvecs"]
 
@@ -305,6 +316,8 @@ def run_case(name, args):
         h2 = args.gcrodr_cheap
         cheap = jl.GCRODR(RTOL, 0.0, restart=M, recycle=K, harvest_every=h2)
         runs.append((cheap, f"GCRO-DR(40,20, harvest_every={h2})", "similarity"))
+    if not symmetric and args.gcrodr_alt:
+        runs.append((alt, alt_name, "similarity"))
     if symmetric and args.dcg_cheap:
         # The cheaper configuration (session 4): a smaller space, harvested (eigCG +
         # Rayleigh-Ritz) only on every h-th solve and carried unchanged in between.
@@ -356,8 +369,12 @@ def ratios(name, rows):
         for key in [k for k in rows if "harvest_every" in k and k.endswith(", similarity")]:
             tag = " (" + key.split("jaxnum ")[1].split(", similarity")[0] + ")"
             c = rows[key]
+            own = rows.get(key.replace(", similarity", ", no carry"))
             out[f"matvecs GMRES(40) / GCRO-DR sim{tag}"] = rows["jaxnum GMRES(40)"]["matvecs"] / c["matvecs"]
-            out[f"matvecs no-carry / sim{tag}"] = nocarry["matvecs"] / c["matvecs"]
+            if own is not None:  # the same (m, k, harvest_every) without carrying
+                out[f"matvecs no-carry / sim{tag}, same setting"] = own["matvecs"] / c["matvecs"]
+            else:
+                out[f"matvecs no-carry / sim{tag}"] = nocarry["matvecs"] / c["matvecs"]
             out[f"time lineax GMRES(40) / GCRO-DR sim{tag}"] = rows["lineax GMRES(40)"]["time"] / c["time"]
             out[f"time scipy GMRES(40) / GCRO-DR sim{tag}"] = rows["scipy gmres(40)"]["time"] / c["time"]
         warm = [k for k in rows if k.startswith("jaxnum GCRO-DR") and "warm start" in k]
@@ -422,6 +439,9 @@ def main():
     parser.add_argument("--gcrodr-cheap", type=int, metavar="H", default=None,
                         help="also run GCRODR(harvest_every=H) in similarity order (non-symmetric cases; "
                              "the no-carry row keeps --harvest-every)")
+    parser.add_argument("--gcrodr-alt", type=int, nargs=3, metavar=("M", "K", "H"), default=None,
+                        help="also run GCRODR(restart=M, recycle=K, harvest_every=H) without carrying "
+                             "(first --peer-systems) and in similarity order (non-symmetric cases)")
     parser.add_argument("--dcg-keep", type=int, default=None, help="DeflatedCG harvest_keep (default: recycle // 2)")
     parser.add_argument("--warm-start", type=int, default=4, help="previous solutions for the warm-start rows (0: no such rows)")
     parser.add_argument("--seed", type=int, default=0)
