@@ -234,6 +234,27 @@ class DeflatedCG(lx.AbstractLinearSolver):
         rough eigenvectors of the new operator, and CG resolves what they leave at
         full cost. Without a space there are no Galerkin restarts.
 
+    Subdomain deflation (`coarse_blocks`; Nicolaides 1987, Vuik, Segal and
+    Meijerink 1999, Tang, Nabben, Vuik and Erlangga 2009): the grid of a
+    grid-shaped operator is cut into blocks, and the indicator functions of the
+    blocks join the deflation space, `[Z, W]`. Nothing of size `n x m` is stored:
+    `Z^T v` is a block sum, `Z mu` a block broadcast, and `A Z` is probed once per
+    solve with `2d+1` block-coloured vectors (`2d+1` products as one batched
+    product, counted), which give `E = Z^T A Z` (a dense `m x m` SPD matrix,
+    inverted once per solve) and the couplings across block interfaces, so that the
+    `(A Z)^T z` each iteration needs is a block reduction of `z` and its interface
+    planes: no extra product per iteration (Saad et al.'s form, i.e. Tang et al.'s
+    DEF2 with `x0 = x + Z E^{-1} Z^T r`; the starting correction, and the one after a
+    residual replacement, cost one counted product each). The space depends only
+    on the operator, so it needs nothing from earlier solves and works as well on a
+    sequence of unrelated samples as on one system. On Darcy with log-normal
+    coefficients (tolerance 1e-8) blocks of 64 cells (8^2 in 2D, 4^3 in 3D) cut the
+    products against plain CG by 2.8x (128^2) and 1.6x (32^3), and with the Jacobi
+    preconditioner on both sides by 5.5x and 3.0x. The probing assumes a symmetric
+    star stencil of reach one without wrap-around (5-point in 2D, 7-point in 3D, as
+    `diffusion_operator` builds); a periodic operator raises. Carried Ritz vectors
+    (`recycle > 0`) can be added on top; `recycle = 0` uses the blocks alone.
+
     Cheaper still per solve: `harvest_every = h > 1` harvests on every `h`-th solve
     only and carries the space unchanged in between (on Darcy 128^2, `k = 8` and
     `h = 50`: 0.12 ms per product against 0.30 ms for `k = 20`, `h = 1`; 1403
@@ -266,6 +287,12 @@ class DeflatedCG(lx.AbstractLinearSolver):
     - `max_steps`: most matrix-vector products (default `10 n`).
     - `adaptive`, `drop_ratio`, `max_backoff`: detect a useless carried space, as in
         `GCRODR`.
+    - `coarse_blocks`: `None` (default: no subdomain deflation), or the block edge,
+        one int for every axis or one per axis of the operator's vector shape; each
+        must divide its axis (ragged last blocks are not supported) and the grid
+        may hold at most 4096 blocks (`E` is dense). Needs an operator whose vectors
+        are one grid-shaped array (e.g. `StencilOperator`). With it, `recycle` may be
+        0 (no Ritz vectors, nothing carried).
 
     **Options:** `recycle` (a `RecycleSpace`), `preconditioner` (SPD), `y0`.
 
@@ -273,7 +300,10 @@ class DeflatedCG(lx.AbstractLinearSolver):
     restarts with `deflation="init"`), `residual`, `recycle`, `carried`.
 
     **Derivatives:** implicit through `lineax.linear_solve`; the operator is symmetric,
-    so the adjoint solve reuses the space.
+    so the adjoint solve reuses the space (and builds its own blocks' coarse matrix).
+    lineax differentiates the solution, never the iteration, so nothing flows
+    through `W`, the probes or `E`: they change the path to the solution, not the
+    solution.
 
     Compare `scipy.sparse.linalg.cg` (no recycling) and krypy's `RecyclingCg`.
     """
