@@ -267,10 +267,9 @@ def test_tucker_and_cp_weights_against_numpy(getkey):
 
     dense = DenseSpectralWeight(3, 2, modes, key=getkey())
     assert dense.real.shape == (5, 4, 3, 2)  # stored modes first
-    for w in (tk, cp, dense):
-        for used in (modes, (2, 2)):
-            wr, wi = w.modes_first(used)
-            assert np.allclose(wr + 1j * wi, np.transpose(np.asarray(w(used)), (2, 3, 0, 1)), atol=1e-12)
+    for w, used in ((tk, modes), (cp, modes), (dense, (2, 2))):
+        wr, wi = w.modes_first(used)
+        assert np.allclose(wr + 1j * wi, np.transpose(np.asarray(w(used)), (2, 3, 0, 1)), atol=1e-12)
 
 
 @pytest.mark.slow
