@@ -14,6 +14,7 @@ so the plain coarse correction is too small; it is scaled by an over-correction
 factor (Braess 1995; Blaheta 1986), which keeps the cycle linear and symmetric.
 """
 
+import functools
 from typing import Literal
 
 import equinox as eqx
@@ -290,6 +291,37 @@ def _dense_inverse(weights: Array, periodic, symmetric: bool) -> Array:
     return (v * w_inv) @ v.T
 
 
+@functools.partial(
+    jax.jit, static_argnames=("periodic", "num_levels", "cycle_dtype", "direct", "symmetric")
+)
+def _hierarchy(finest, *, periodic, num_levels, cycle_dtype, direct, symmetric):
+    """The arrays of the hierarchy: weights, diagonals and Gershgorin bounds per
+    level, and the coarsest grid's dense inverse (`None` unless `direct`).
+
+    One compiled program per grid shape and configuration: built op by op outside
+    `jit`, the same set-up dispatched (and compiled) some hundred small programs, 2-4 s
+    of CPU for every new grid shape; under an outer `jit` this simply inlines.
+    """
+    io_dtype = finest.dtype
+    finest = _mask_outside(finest, periodic)
+    if cycle_dtype is not None:
+        # The whole hierarchy in the cycle's precision: the finest weights are
+        # rounded once and the Galerkin sums done in `cycle_dtype` (cheaper than
+        # building in the operator's precision and rounding every level). Only the
+        # small dense coarsest inverse is computed in the operator's precision.
+        finest = finest.astype(cycle_dtype)
+    weights = [finest]
+    for _ in range(num_levels - 1):
+        weights.append(coarsen_weights(weights[-1], periodic))
+    diag = tuple(jnp.where(w[0] == 0, 1.0, w[0]).astype(w.dtype) for w in weights)
+    lmax = tuple(_gershgorin(w) for w in weights)
+    coarse_inverse = None
+    if direct:
+        coarse = weights[-1].astype(io_dtype)
+        coarse_inverse = _dense_inverse(coarse, periodic, symmetric).astype(weights[-1].dtype)
+    return tuple(weights), diag, lmax, coarse_inverse
+
+
 def multigrid(
     operator: StencilOperator,
     *,
@@ -414,33 +446,21 @@ def multigrid(
             "solve (at most 4096): use more `levels` or `coarsest='smooth'`."
         )
 
-    periodic = operator.periodic
+    periodic = tuple(bool(p) for p in operator.periodic)
     spd = lx.positive_semidefinite_tag in operator.tags
     io_dtype = None
-    finest = _mask_outside(operator.weights, periodic)
+    cycle_dtype = None
     if dtype is not None and jnp.dtype(dtype) != operator.weights.dtype:
-        # The whole hierarchy in the cycle's precision: the finest weights are
-        # rounded once and the Galerkin sums done in `dtype` (cheaper than building
-        # in the operator's precision and rounding every level). Only the small
-        # dense coarsest inverse is computed in the operator's precision.
         io_dtype = operator.weights.dtype
-        finest = finest.astype(dtype)
-    weights = [finest]
-    for _ in shapes[1:]:
-        weights.append(coarsen_weights(weights[-1], periodic))
-    diag = []
-    for w in weights:
-        d = w[0]
-        diag.append(jnp.where(d == 0, 1.0, d).astype(w.dtype))
-    lmax = tuple(_gershgorin(w) for w in weights)
-    coarse_inverse = None
-    if coarsest == "direct":
-        coarse = weights[-1]
-        if io_dtype is not None:
-            coarse = coarse.astype(io_dtype)
-        coarse_inverse = _dense_inverse(
-            coarse, periodic, spd or lx.symmetric_tag in operator.tags
-        ).astype(weights[-1].dtype)
+        cycle_dtype = jnp.dtype(dtype)
+    weights, diag, lmax, coarse_inverse = _hierarchy(
+        operator.weights,
+        periodic=periodic,
+        num_levels=len(shapes),
+        cycle_dtype=cycle_dtype,
+        direct=coarsest == "direct",
+        symmetric=spd or lx.symmetric_tag in operator.tags,
+    )
     symmetric = pre == post and (
         spd or lx.symmetric_tag in operator.tags
     )
@@ -448,9 +468,9 @@ def multigrid(
     if symmetric and spd:
         tags = (lx.symmetric_tag, lx.positive_semidefinite_tag)
     return MultigridPreconditioner(
-        weights=tuple(weights),
-        diag=tuple(diag),
-        lmax=tuple(lmax),
+        weights=weights,
+        diag=diag,
+        lmax=lmax,
         coarse_inverse=coarse_inverse,
         periodic=periodic,
         smoother=smoother,
