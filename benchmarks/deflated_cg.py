@@ -1,0 +1,190 @@
+"""Issue 2 target (b): DeflatedCG with subdomain (coarse) deflation on the (b128) and
+(b3d) Darcy sequences of `krylov_recycling.py` (same directory).
+
+Runs the benchmark's own `run_case` (same draw, tolerance, timing: process CPU time,
+threads pinned; peers timed on the first `--peer-systems`), then, in the same
+process and on the same systems, the coarse-deflation rows:
+
+* `DeflatedCG(recycle=0, coarse_blocks=B)`: subdomain deflation alone, all systems;
+* the same with carried Ritz vectors on top (`recycle=K`, `harvest_every=H`),
+  similarity order, all systems;
+* with the Jacobi preconditioner: jaxnum CG + Jacobi, `lineax.CG` + Jacobi and
+  scipy cg + Jacobi on the first `--peer-systems`, and the coarse rows + Jacobi on
+  all systems.
+
+    python benchmarks/deflated_cg.py --cases b128 b3d --systems 200 --peer-systems 8 \
+        --count-systems 2 --ritz 8 50 --json
+"""
+# ruff: noqa: I001  (the benchmark module pins threads before jax is imported)
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import krylov_recycling as kr  # pins threads before jax is imported
+
+import argparse
+import json
+
+import jax
+import lineax as lx
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+
+import jaxnum.linalg as jl
+
+RTOL = kr.RTOL
+
+
+def extra_rows(name, args, rows):
+    N = args.systems
+    P = min(args.peer_systems, N)
+    params, make, rhs, _, desc = kr.make_case(name, N, args.seed)
+    b_np = np.asarray(rhs).ravel()
+    bnorm = np.linalg.norm(b_np)
+    mats = [kr.to_csr(make(kr.take(params, i))) for i in range(P)]
+    refs = [spla.spsolve(A.tocsc(), b_np) for A in mats[: args.ref_systems]]
+    B = args.blocks2d if len(rhs.shape) == 2 else args.blocks3d
+
+    def record(label, mv, cpu, wall, sols, note="", per=1):
+        res = [np.linalg.norm(b_np - mats[i] @ np.asarray(sols[i]).ravel()) / bnorm for i in range(min(P, len(sols)))]
+        err = [np.linalg.norm(np.asarray(sols[i]).ravel() - refs[i]) / np.linalg.norm(refs[i]) for i in range(len(refs))]
+        rows[label] = {
+            "matvecs": float(np.median(mv)),
+            "time": cpu / per,
+            "wall": wall / per,
+            "max_residual": float(np.max(res)),
+            "max_error_vs_spsolve": float(np.max(err)),
+            "note": note,
+        }
+        r = rows[label]
+        print(f"  {label:58s} matvecs/sys {r['matvecs']:8.0f}  cpu/sys {r['time']*1e3:9.1f} ms  wall/sys {r['wall']*1e3:9.1f} ms  "
+              f"max resid {r['max_residual']:.1e}  err vs spsolve {r['max_error_vs_spsolve']:.1e} {note}", flush=True)
+
+    # Jacobi peers on the first P systems.
+    times, sols, mvs = [], [], []
+    for A in mats:
+        d = A.diagonal()
+        M = sp.diags(1.0 / d)
+        with kr.Clock() as c:
+            sols.append(spla.cg(A, b_np, rtol=RTOL, atol=0.0, maxiter=20 * b_np.size, M=M)[0])
+        times.append(c)
+        cnt = kr.Counter()
+        def mv(v, A=A, cnt=cnt):
+            cnt.n += 1
+            return A @ v
+        spla.cg(spla.LinearOperator(A.shape, matvec=mv, dtype=A.dtype), b_np, rtol=RTOL, atol=0.0,
+                maxiter=20 * b_np.size, M=M)
+        mvs.append(cnt.n)
+    record("scipy cg + Jacobi", mvs, sum(t.cpu for t in times), sum(t.wall for t in times), sols, per=P)
+
+    def lineax_pcg(p, counter=None):
+        op = make(p)
+        pre = lx.TaggedLinearOperator(jl.jacobi(op), lx.positive_semidefinite_tag)  # lineax asks for the tag
+        if counter is not None:
+            op = kr_counted(op, counter)
+        return lx.linear_solve(op, rhs, lx.CG(rtol=RTOL, atol=0.0, max_steps=20 * rhs.size),
+                               options={"preconditioner": pre}, throw=False).value
+
+    f = jax.jit(lineax_pcg)
+    jax.block_until_ready(f(kr.take(params, 0)))
+    times, sols = [], []
+    for i in range(P):
+        with kr.Clock() as c:
+            sols.append(jax.block_until_ready(f(kr.take(params, i))))
+        times.append(c)
+    mvs = []
+    for i in range(min(P, args.count_systems)):
+        cnt = kr.Counter()
+        jax.block_until_ready(lineax_pcg(kr.take(params, i), cnt))
+        jax.effects_barrier()
+        mvs.append(cnt.n)
+    record("lineax CG + Jacobi", mvs, sum(t.cpu for t in times), sum(t.wall for t in times), sols, per=P)
+
+    sub = kr.take(params, slice(0, P))
+    fn = lambda q: jl.solve_sequence(make, q, rhs, jl.CG(RTOL, 0.0), order="given",
+                                     preconditioner=jl.jacobi, throw=False)
+    out, t = kr.time_sequence(fn, sub)
+    record("jaxnum CG + Jacobi", np.asarray(out.stats["num_matvecs"]), t.cpu, t.wall, list(out.value), per=P)
+
+    runs = []
+    for pre in (None, jl.jacobi):
+        tag = " + Jacobi" if pre is not None else ""
+        runs.append((jl.DeflatedCG(RTOL, 0.0, recycle=0, coarse_blocks=B), f"DeflatedCG(coarse_blocks={B}){tag}", "given", pre))
+        for k, h in args.ritz:
+            runs.append((jl.DeflatedCG(RTOL, 0.0, recycle=k, harvest_every=h, coarse_blocks=B),
+                         f"DeflatedCG(coarse_blocks={B}, k={k}, harvest_every={h}){tag}", "similarity", pre))
+    for solver, label, order, pre in runs:
+        fn = lambda q, s=solver, o=order, pr=pre: jl.solve_sequence(make, q, rhs, s, order=o, preconditioner=pr, throw=False)
+        out, t = kr.time_sequence(fn, params)
+        mv = np.asarray(out.stats["num_matvecs"])
+        carried = float(np.mean(np.asarray(out.stats["carried"])))
+        conv = int(np.sum(np.asarray(out.result == lx.RESULTS.successful)))
+        record(f"jaxnum {label}, {order}", mv, t.cpu, t.wall, list(out.value[:P]),
+               note=f"(all {N}; carried {carried:.0%}; converged {conv}/{N}; max stat residual {float(np.max(np.asarray(out.stats['residual']))):.1e})", per=N)
+    return desc
+
+
+def kr_counted(op, counter):
+    def mv(v):
+        jax.debug.callback(lambda _: setattr(counter, "n", counter.n + 1), v[(0,) * v.ndim])
+        return op.mv(v)
+    return lx.FunctionLinearOperator(mv, op.in_structure(), op.tags)
+
+
+def summary(rows):
+    out = {}
+    cg, lin = rows["jaxnum CG"], rows["lineax CG"]
+    for label, r in rows.items():
+        if "coarse_blocks" not in label:
+            continue
+        pcg = "+ Jacobi" in label
+        base = rows["jaxnum CG + Jacobi"] if pcg else cg
+        lbase = rows["lineax CG + Jacobi"] if pcg else lin
+        out[label] = {
+            "matvecs CG / this": base["matvecs"] / r["matvecs"],
+            "matvecs plain CG / this": cg["matvecs"] / r["matvecs"],
+            "time lineax CG / this": lbase["time"] / r["time"],
+            "time plain lineax CG / this": lin["time"] / r["time"],
+            "time jaxnum CG / this": base["time"] / r["time"],
+        }
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cases", nargs="+", default=["b128", "b3d"])
+    parser.add_argument("--systems", type=int, default=200)
+    parser.add_argument("--peer-systems", type=int, default=8)
+    parser.add_argument("--count-systems", type=int, default=2)
+    parser.add_argument("--ref-systems", type=int, default=2, help="solutions checked against spsolve")
+    parser.add_argument("--blocks2d", type=int, default=8)
+    parser.add_argument("--blocks3d", type=int, default=4)
+    parser.add_argument("--ritz", type=int, nargs=2, action="append", metavar=("K", "H"), default=None,
+                        help="coarse + Ritz rows DeflatedCG(recycle=K, harvest_every=H, coarse_blocks=B)")
+    parser.add_argument("--dcg-recycle", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    args.ritz = args.ritz or []
+    # The benchmark's own options for its (b) rows: DeflatedCG(k=20) in given and
+    # similarity order, no cheap row, no warm-start rows (as in session 4).
+    base = argparse.Namespace(systems=args.systems, peer_systems=args.peer_systems,
+                              count_systems=args.count_systems, dcg_recycle=args.dcg_recycle,
+                              harvest_every=2, dcg_cheap=None, gcrodr_cheap=None, gcrodr_alt=None, dcg_keep=None,
+                              warm_start=0, seed=args.seed)
+    results = {}
+    for name in args.cases:
+        desc, rows = kr.run_case(name, base)
+        extra_rows(name, args, rows)
+        results[name] = {"description": desc, "rows": rows, "ratios": kr.ratios(name, rows), "coarse": summary(rows)}
+        print(json.dumps(results[name]["coarse"], indent=1), flush=True)
+    if args.json:
+        print("JSON " + json.dumps({"systems": args.systems, "peer_systems": args.peer_systems,
+                                    "blocks2d": args.blocks2d, "blocks3d": args.blocks3d,
+                                    "xla_flags": os.environ.get("XLA_FLAGS"), "results": results}))
+
+
+if __name__ == "__main__":
+    main()
