@@ -160,8 +160,11 @@ class GCRODR(lx.AbstractLinearSolver):
         every this many cycles (default 1: after every cycle, as in Parks et al.);
         the cycles in between keep the space fixed (GCRO cycles). Each refresh costs
         `O(n k m)` flops and a small non-symmetric eigenproblem (at 128^2 about as much
-        as 10-15 Arnoldi steps); 2-3 is a good trade on the convection-diffusion
-        benchmark (see `docs/linalg.md`).
+        as 15 Arnoldi steps); 4 is the best trade on the convection-diffusion
+        benchmark, where `restart=50, recycle=10` is also 9-14% faster than (40, 20)
+        for about the same products. Keep 1 for hard (e.g. indefinite) problems: on the
+        Helmholtz benchmark family a solve that starts without a space needs 2.4x
+        the products with 4 (see `docs/linalg.md`).
 
     **Options:** `recycle` (a `RecycleSpace`, e.g. the previous solve's
     `stats["recycle"]`; absent means start fresh), `preconditioner` (right), `y0`.
