@@ -133,6 +133,43 @@ def test_gcrodr_recycle_space_invariants_and_benefit(every):
 
 
 @pytest.mark.slow
+def test_gcrodr_harvest_every_keeps_the_space_between_harvests():
+    # `harvest_every=h` refreshes the space only on every h-th cycle: with h beyond the
+    # solve's cycle count a carried space comes back as its re-projection for the new
+    # operator (the same span), while h = 1 moves it; both solve the system.
+    rng = np.random.default_rng(7)
+    n, k = 12, 6
+    a = np.exp(0.5 * rng.standard_normal((n, n)))
+    v = 8 * rng.standard_normal((2, n, n))
+    op0 = jl.convection_diffusion_operator(jnp.asarray(a), jnp.asarray(v))
+    op1 = jl.convection_diffusion_operator(jnp.asarray(a * 1.1), jnp.asarray(v))
+    b = jnp.asarray(rng.standard_normal((n, n)))
+    A1 = np.asarray(op1.as_matrix())
+    ref = np.linalg.solve(A1, np.asarray(b).ravel())
+    first = jl.GCRODR(rtol=1e-10, atol=0.0, restart=16, recycle=k)
+    space0 = _solve(op0, b, first).stats["recycle"]
+    Q0, _ = np.linalg.qr(np.asarray(space0.basis))
+    for every, moved in ((1000, False), (1, True)):
+        solver = jl.GCRODR(
+            rtol=1e-10, atol=0.0, restart=16, recycle=k, harvest_every=every, adaptive=False
+        )
+        sol = _solve(op1, b, solver, {"recycle": space0})
+        assert sol.result == lx.RESULTS.successful
+        assert bool(sol.stats["carried"])
+        assert int(sol.stats["num_restarts"]) >= 2  # several cycles ran
+        x = np.asarray(sol.value).ravel()
+        np.testing.assert_allclose(x, ref, rtol=0, atol=1e-7 * np.abs(ref).max())
+        U = np.asarray(sol.stats["recycle"].basis)
+        C = np.asarray(sol.stats["recycle"].image)
+        np.testing.assert_allclose(A1 @ U, C, atol=1e-8 * np.abs(A1).max() * np.abs(U).max())
+        np.testing.assert_allclose(C.T @ C, np.eye(k), atol=1e-10)
+        # How far span(U) is from the carried span(U0).
+        Q, _ = np.linalg.qr(U)
+        gap = np.linalg.norm(Q - Q0 @ (Q0.T @ Q))
+        assert (gap > 1e-3) if moved else (gap < 1e-8), (every, gap)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("keep", [None, 8])
 def test_deflated_cg_space_invariants_and_benefit(keep):
     rng = np.random.default_rng(5)
