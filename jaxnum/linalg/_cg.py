@@ -112,16 +112,19 @@ def deflated_cg_loop(
     if k or m:
         E_inv = spd_inverse(0.5 * (E + E.T))
 
-        def split(mu):
+        def coefficients(v, applied):
+            """`E^{-1} [Z, W]^T v`, or `E^{-1} (A [Z, W])^T v` if `applied`, split
+            into its `Z` and `W` parts."""
+            parts = []
+            if m:
+                parts.append(coarse.arestrict(v) if applied else coarse.restrict(v))
+            if k:
+                parts.append((AWr if applied else Wr) @ v.reshape(-1))
+            mu = E_inv @ jnp.concatenate(parts)
             return mu[:m], mu[m:]
 
         def correct(x, r, mv):  # Galerkin correction on span([Z, W]); returns mv too
-            parts = []
-            if m:
-                parts.append(coarse.restrict(r))
-            if k:
-                parts.append(Wr @ r.reshape(-1))
-            mu_z, mu_w = split(E_inv @ jnp.concatenate(parts))
+            mu_z, mu_w = coefficients(r, applied=False)
             if k:
                 x = x + (mu_w @ Wr).reshape(shape)
                 r = r - (mu_w @ AWr).reshape(shape)
@@ -133,12 +136,7 @@ def deflated_cg_loop(
             return x, r, mv
 
         def deflate_direction(z):  # z - [Z, W] E^{-1} (A [Z, W])^T z
-            parts = []
-            if m:
-                parts.append(coarse.arestrict(z))
-            if k:
-                parts.append(AWr @ z.reshape(-1))
-            mu_z, mu_w = split(E_inv @ jnp.concatenate(parts))
+            mu_z, mu_w = coefficients(z, applied=True)
             if m:
                 z = z - coarse.prolong(mu_z)
             if k:
