@@ -21,10 +21,12 @@ def normalize_blocks(coarse_blocks, grid: tuple[int, ...]) -> tuple[int, ...]:
     """One block edge per grid axis, checked against the grid (trace time)."""
     d = len(grid)
     blocks = (coarse_blocks,) * d if isinstance(coarse_blocks, int) else tuple(coarse_blocks)
-    if len(blocks) != d or not all(isinstance(b, int) and b >= 1 for b in blocks):
+    # (positive ints: checked when the solver is constructed)
+    if len(blocks) != d:
         raise ValueError(
-            f"DeflatedCG: `coarse_blocks` must be a positive int or one positive int "
-            f"per grid axis ({d} axes for the grid {grid}); got {coarse_blocks!r}."
+            f"DeflatedCG: `coarse_blocks={coarse_blocks!r}` has {len(blocks)} entries "
+            f"but the operator's vectors have the grid shape {grid}; give one block "
+            "edge per axis (or one int)."
         )
     if any(n % b for n, b in zip(grid, blocks)):
         raise ValueError(
@@ -374,12 +376,6 @@ class DeflatedCG(lx.AbstractLinearSolver):
                 "`coarse_blocks=None` (Ritz-vector deflation only) for it."
             )
         grid = flat.shapes[0]
-        if isinstance(self.coarse_blocks, tuple) and len(self.coarse_blocks) != len(grid):
-            raise ValueError(
-                f"DeflatedCG: `coarse_blocks={self.coarse_blocks!r}` has "
-                f"{len(self.coarse_blocks)} entries but the operator's vectors have "
-                f"the grid shape {grid}; give one block edge per axis (or one int)."
-            )
         periodic = getattr(operator, "periodic", None)
         if periodic is not None and any(periodic):
             raise ValueError(
