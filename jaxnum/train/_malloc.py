@@ -102,17 +102,18 @@ def tune_malloc() -> dict[str, Any]:
     return record
 
 
+def _not_applied(reason: str) -> dict[str, Any]:
+    return {"applied": False, "reason": reason, "glibc": None, "settings": {}, "late": False}
+
+
 def _tune_at_import() -> dict[str, Any]:
     if os.environ.get(ENV_VAR, "1").strip().lower() in ("0", "false", "no", "off"):
-        return {"applied": False, "reason": f"{ENV_VAR}=0: glibc defaults kept", "glibc": None,
-                "settings": {}, "late": False}
+        return _not_applied(f"{ENV_VAR}=0: glibc defaults kept")
     if "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
-        return {"applied": False, "reason": "GLIBC_TUNABLES sets glibc.malloc: left as given", "glibc": None,
-                "settings": {}, "late": False}
+        return _not_applied("GLIBC_TUNABLES sets glibc.malloc: left as given")
     platforms = os.environ.get("JAX_PLATFORMS", "")
     if platforms and "cpu" not in platforms.lower().split(","):
-        return {"applied": False, "reason": f"JAX_PLATFORMS={platforms}: no CPU backend", "glibc": None,
-                "settings": {}, "late": False}
+        return _not_applied(f"JAX_PLATFORMS={platforms}: no CPU backend")
     return tune_malloc()
 
 
