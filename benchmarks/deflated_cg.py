@@ -42,25 +42,12 @@ def extra_rows(name, args, rows):
     P = min(args.peer_systems, N)
     params, make, rhs, _, desc = kr.make_case(name, N, args.seed)
     b_np = np.asarray(rhs).ravel()
-    bnorm = np.linalg.norm(b_np)
     mats = [kr.to_csr(make(kr.take(params, i))) for i in range(P)]
     refs = [spla.spsolve(A.tocsc(), b_np) for A in mats[: args.ref_systems]]
     B = args.blocks2d if len(rhs.shape) == 2 else args.blocks3d
 
     def record(label, mv, cpu, wall, sols, note="", per=1):
-        res = [np.linalg.norm(b_np - mats[i] @ np.asarray(sols[i]).ravel()) / bnorm for i in range(min(P, len(sols)))]
-        err = [np.linalg.norm(np.asarray(sols[i]).ravel() - refs[i]) / np.linalg.norm(refs[i]) for i in range(len(refs))]
-        rows[label] = {
-            "matvecs": float(np.median(mv)),
-            "time": cpu / per,
-            "wall": wall / per,
-            "max_residual": float(np.max(res)),
-            "max_error_vs_spsolve": float(np.max(err)),
-            "note": note,
-        }
-        r = rows[label]
-        print(f"  {label:58s} matvecs/sys {r['matvecs']:8.0f}  cpu/sys {r['time']*1e3:9.1f} ms  wall/sys {r['wall']*1e3:9.1f} ms  "
-              f"max resid {r['max_residual']:.1e}  err vs spsolve {r['max_error_vs_spsolve']:.1e} {note}", flush=True)
+        kr.record_row(rows, label, mv, cpu, wall, sols, mats, b_np, refs, note=note, per=per, width=58)
 
     # Jacobi peers on the first P systems.
     times, sols, mvs = [], [], []

@@ -176,31 +176,41 @@ def time_sequence(fn, params):
     return out, clock
 
 
+def record_row(rows, label, mv, cpu, wall, sols, mats, b, refs, note="", per=1, width=34):
+    """Adds (and prints) `rows[label]`: median products (`mv`, None if not counted),
+    CPU and wall time per system (`cpu`, `wall` over `per` systems), the largest true
+    relative residual of the first `len(mats)` solutions against the CSR matrices
+    `mats`, and the largest relative error of the first `len(refs)` against the
+    `spsolve` solutions `refs` (0 while there are none)."""
+    bnorm = np.linalg.norm(b)
+    res = [np.linalg.norm(b - mats[i] @ np.asarray(sols[i]).ravel()) / bnorm for i in range(min(len(mats), len(sols)))]
+    err = [np.linalg.norm(np.asarray(sols[i]).ravel() - refs[i]) / np.linalg.norm(refs[i])
+           for i in range(min(len(refs), len(sols)))] if refs else [0.0]
+    rows[label] = r = {
+        "matvecs": float(np.median(mv)) if mv is not None else float("nan"),
+        "time": float(cpu / per),
+        "wall": float(wall / per),
+        "max_residual": float(np.max(res)),
+        "max_error_vs_spsolve": float(np.max(err)),
+        "note": note,
+    }
+    print(f"  {label:{width}s} matvecs/sys {r['matvecs']:8.0f}  cpu/sys {r['time']*1e3:9.1f} ms  wall/sys {r['wall']*1e3:9.1f} ms  "
+          f"max resid {r['max_residual']:.1e}  err vs spsolve {r['max_error_vs_spsolve']:.1e} {note}", flush=True)
+
+
 def run_case(name, args):
     N = args.systems
     P = min(args.peer_systems, N)
     params, make, rhs, symmetric, desc = make_case(name, N, args.seed)
     b_np = np.asarray(rhs).ravel()
-    bnorm = np.linalg.norm(b_np)
     mats = [to_csr(make(take(params, i))) for i in range(P)]
     print(f"\n== ({name}) {desc}: {N} systems, {b_np.size} unknowns; peers timed on {P} ==", flush=True)
     refs = []
     rows = {}
 
     def record(label, mv, clocks, sols, note="", per=1):
-        res = [np.linalg.norm(b_np - mats[i] @ np.asarray(sols[i]).ravel()) / bnorm for i in range(min(P, len(sols)))]
-        err = [np.linalg.norm(np.asarray(sols[i]).ravel() - refs[i]) / np.linalg.norm(refs[i]) for i in range(min(P, len(sols)))] if refs else [0.0]
-        rows[label] = {
-            "matvecs": float(np.median(mv)) if mv is not None else float("nan"),
-            "time": float(sum(c.cpu for c in clocks) / per),
-            "wall": float(sum(c.wall for c in clocks) / per),
-            "max_residual": float(np.max(res)),
-            "max_error_vs_spsolve": float(np.max(err)),
-            "note": note,
-        }
-        r = rows[label]
-        print(f"  {label:34s} matvecs/sys {r['matvecs']:8.0f}  cpu/sys {r['time']*1e3:9.1f} ms  wall/sys {r['wall']*1e3:9.1f} ms  "
-              f"max resid {r['max_residual']:.1e}  err vs spsolve {r['max_error_vs_spsolve']:.1e} {note}", flush=True)
+        record_row(rows, label, mv, sum(c.cpu for c in clocks), sum(c.wall for c in clocks), sols, mats, b_np,
+                   refs, note=note, per=per)
 
     # scipy spsolve: the direct reference.
     times, sols = [], []
