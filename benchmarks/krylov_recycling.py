@@ -27,7 +27,9 @@ included; DeflatedCG with its default `harvest_keep = k // 2` (`--dcg-keep`), an
 also GCRO-DR with `harvest_every=H` in similarity order, and with `--gcrodr-alt M K H`
 also `GCRODR(restart=M, recycle=K, harvest_every=H)`, both without carrying and in
 similarity order (rows named by their `(m, k)`; its carry ratio uses its own no-carry
-row).
+row), and with `--coarse B` also GMRES(40) and GCRO-DR(40, 20) with two-level
+(subdomain) deflation on blocks of edge B (`coarse_blocks=B`), GCRO-DR both without
+carrying and in similarity order.
 
 Times are the process CPU time per system (every side single-threaded, so this is
 the compute each side spent, independent of other load on a shared machine); wall
@@ -304,6 +306,16 @@ def run_case(name, args):
         alt = jl.GCRODR(RTOL, 0.0, restart=m2, recycle=k2, harvest_every=h2)
         alt_name = f"GCRO-DR({m2},{k2}, harvest_every={h2})"
         indep[f"jaxnum {alt_name}, no carry"] = alt
+    if not symmetric and args.coarse:
+        # Session 7: two-level (subdomain) deflation, `coarse_blocks=B`, for plain
+        # GMRES(40) and for GCRO-DR (no carry / similarity order), so that what the
+        # block space buys and what recycling adds on top of it are both visible.
+        cb = args.coarse
+        coarse_gm = jl.GMRES(RTOL, 0.0, restart=M, coarse_blocks=cb)
+        coarse_rec = jl.GCRODR(RTOL, 0.0, restart=M, recycle=K, harvest_every=args.harvest_every,
+                               coarse_blocks=cb)
+        indep[f"jaxnum GMRES(40) + coarse({cb})"] = coarse_gm
+        indep[f"jaxnum GCRO-DR(40,20) + coarse({cb}), no carry"] = coarse_rec
     sub = take(params, slice(0, P))
     for label, solver in indep.items():
         if solver is None or isinstance(solver, jl.GCRODR):
@@ -328,6 +340,8 @@ def run_case(name, args):
         runs.append((cheap, f"GCRO-DR(40,20, harvest_every={h2})", "similarity"))
     if not symmetric and args.gcrodr_alt:
         runs.append((alt, alt_name, "similarity"))
+    if not symmetric and args.coarse:
+        runs.append((coarse_rec, f"GCRO-DR(40,20) + coarse({args.coarse})", "similarity"))
     if symmetric and args.dcg_cheap:
         # The cheaper configuration (session 4): a smaller space, harvested (eigCG +
         # Rayleigh-Ritz) only on every h-th solve and carried unchanged in between.
@@ -387,6 +401,19 @@ def ratios(name, rows):
                 out[f"matvecs no-carry / sim{tag}"] = nocarry["matvecs"] / c["matvecs"]
             out[f"time lineax GMRES(40) / GCRO-DR sim{tag}"] = rows["lineax GMRES(40)"]["time"] / c["time"]
             out[f"time scipy GMRES(40) / GCRO-DR sim{tag}"] = rows["scipy gmres(40)"]["time"] / c["time"]
+        coarse = [k for k in rows if "+ coarse(" in k and k.endswith(", similarity")]
+        if coarse:
+            c = rows[coarse[0]]
+            tag = " (" + coarse[0].split("+ ")[1].split(", similarity")[0] + ")"
+            gm = rows[next(k for k in rows if k.startswith("jaxnum GMRES(40) + coarse("))]
+            nc = rows[coarse[0].replace(", similarity", ", no carry")]
+            out[f"matvecs GMRES(40) / GCRO-DR sim{tag}"] = rows["jaxnum GMRES(40)"]["matvecs"] / c["matvecs"]
+            out[f"matvecs no-carry / sim{tag}, same setting"] = nc["matvecs"] / c["matvecs"]
+            out[f"matvecs GMRES(40){tag} / GCRO-DR sim{tag}"] = gm["matvecs"] / c["matvecs"]
+            out[f"matvecs GMRES(40) / GMRES(40){tag}"] = rows["jaxnum GMRES(40)"]["matvecs"] / gm["matvecs"]
+            out[f"time lineax GMRES(40) / GCRO-DR sim{tag}"] = rows["lineax GMRES(40)"]["time"] / c["time"]
+            out[f"time scipy GMRES(40) / GCRO-DR sim{tag}"] = rows["scipy gmres(40)"]["time"] / c["time"]
+            out[f"time lineax GMRES(40) / GMRES(40){tag}"] = rows["lineax GMRES(40)"]["time"] / gm["time"]
         warm = [k for k in rows if k.startswith("jaxnum GCRO-DR") and "warm start" in k]
         if warm:
             sw = rows[warm[0]]
@@ -452,6 +479,9 @@ def main():
     parser.add_argument("--gcrodr-alt", type=int, nargs=3, metavar=("M", "K", "H"), default=None,
                         help="also run GCRODR(restart=M, recycle=K, harvest_every=H) without carrying "
                              "(first --peer-systems) and in similarity order (non-symmetric cases)")
+    parser.add_argument("--coarse", type=int, metavar="B", default=None,
+                        help="also run GMRES(40) and GCRO-DR(40,20) with coarse_blocks=B (two-level "
+                             "deflation; GCRO-DR without carrying and in similarity order; non-symmetric cases)")
     parser.add_argument("--dcg-keep", type=int, default=None, help="DeflatedCG harvest_keep (default: recycle // 2)")
     parser.add_argument("--warm-start", type=int, default=4, help="previous solutions for the warm-start rows (0: no such rows)")
     parser.add_argument("--seed", type=int, default=0)
