@@ -99,10 +99,15 @@ def test_coarse_gcrodr_sequence_matches_independent_solves():
     for i in range(5):
         ref = spsolve(make(log_a[i]), b)
         np.testing.assert_allclose(np.asarray(seq.value[i]), ref, rtol=1e-7, atol=1e-12)
-    # The carried space lives in the deflated problem: A P U = C with C orthonormal.
+    # The carried space lives in the deflated problem of the last system solved:
+    # P A U = C with C orthonormal.
     space = seq.recycle
     U, C = np.asarray(space.basis), np.asarray(space.image)
     np.testing.assert_allclose(C.T @ C, np.eye(C.shape[1]), atol=1e-10)
+    last = make(log_a[int(seq.order[-1])])
+    proj, _ = build_projector(last.mv, shape, (4, 4), jnp.float64)
+    PAU = jax.vmap(lambda u: proj.project(last.mv(u.reshape(shape))).ravel())(jnp.asarray(U.T))
+    np.testing.assert_allclose(np.asarray(PAU).T, C, atol=1e-9)
 
 
 def test_gradient_through_coarse_gmres():
