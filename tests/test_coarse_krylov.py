@@ -110,12 +110,21 @@ def test_coarse_gcrodr_sequence_matches_independent_solves():
     np.testing.assert_allclose(np.asarray(PAU).T, C, atol=1e-9)
 
 
-def test_gradient_through_coarse_gmres():
+@pytest.mark.parametrize(
+    "solver",
+    [
+        jl.GMRES(rtol=1e-12, atol=0.0, restart=12, coarse_blocks=4),
+        pytest.param(
+            jl.GCRODR(rtol=1e-12, atol=0.0, restart=12, recycle=4, coarse_blocks=4),
+            marks=pytest.mark.slow,
+        ),
+    ],
+)
+def test_gradient_through_coarse_solver(solver):
     shape = (12, 12)
     base = gaussian_random_field(jr.PRNGKey(5), 1, shape)[0]
     v = jnp.broadcast_to(jnp.asarray([8.0, 4.0]).reshape(2, 1, 1), (2, *shape))
     b = jnp.sin(jnp.arange(144.0).reshape(shape))
-    solver = jl.GMRES(rtol=1e-12, atol=0.0, restart=12, coarse_blocks=4)
 
     def loss(theta):
         op = jl.convection_diffusion_operator(jnp.exp(base + theta), v)
@@ -127,6 +136,24 @@ def test_gradient_through_coarse_gmres():
     g = jax.grad(loss)(theta)
     fd = finite_difference_jvp(loss, theta, t)
     np.testing.assert_allclose(float(jnp.vdot(g, t)), float(fd), rtol=1e-5)
+
+
+def test_coarse_vmap_matches_single_solves():
+    shape = (16, 16)
+    log_a = gaussian_random_field(jr.PRNGKey(8), 3, shape)
+    v = jnp.broadcast_to(jnp.asarray([10.0, 5.0]).reshape(2, 1, 1), (2, *shape))
+    solver = jl.GMRES(rtol=1e-10, atol=0.0, restart=16, coarse_blocks=(4, 8))
+
+    def solve(p):
+        op = jl.convection_diffusion_operator(jnp.exp(p), v)
+        sol = lx.linear_solve(op, jnp.ones(shape), solver)
+        return sol.value, sol.stats["num_matvecs"]
+
+    xs, mvs = jax.jit(jax.vmap(solve))(log_a)
+    for i in range(3):
+        ref = spsolve(jl.convection_diffusion_operator(jnp.exp(log_a[i]), v), jnp.ones(shape))
+        np.testing.assert_allclose(np.asarray(xs[i]), ref, rtol=1e-7, atol=1e-12)
+    assert np.all(np.asarray(mvs) > 5 + 2)
 
 
 def test_coarse_float32_smoke():
