@@ -156,6 +156,24 @@ def test_coarse_vmap_matches_single_solves():
     assert np.all(np.asarray(mvs) > 5 + 2)
 
 
+def test_coarse_with_preconditioner_and_initial_guess():
+    shape = (16, 16)
+    op = convdiff(shape, (10.0, 5.0), seed=5)
+    b = jnp.cos(jnp.arange(256.0)).reshape(shape)
+    ref = spsolve(op, b)
+    solver = jl.GMRES(rtol=1e-10, atol=0.0, restart=16, coarse_blocks=4)
+    solve = jax.jit(lambda o, y0: lx.linear_solve(op, b, solver, options=o | {"y0": y0}))
+    plain = solve({}, jnp.zeros(shape))
+    # Right preconditioning: the solver works on P A M; x = x̂ + Z E^-1 Z^T (b - A x̂).
+    pre = solve({"preconditioner": jl.jacobi(op)}, jnp.zeros(shape))
+    # Starting from the solution up to 1e-3: fewer products, the same answer.
+    warm = solve({}, jnp.asarray(ref) * (1 + 1e-3 * jnp.sin(jnp.arange(256.0)).reshape(shape)))
+    for sol in (plain, pre, warm):
+        assert sol.result == lx.RESULTS.successful
+        np.testing.assert_allclose(np.asarray(sol.value), ref, rtol=1e-7, atol=1e-12)
+    assert int(warm.stats["num_matvecs"]) < int(plain.stats["num_matvecs"])
+
+
 def test_coarse_float32_smoke():
     shape = (16, 16)
     op = convdiff(shape, (10.0, 5.0), seed=2)
