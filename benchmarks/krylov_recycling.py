@@ -495,7 +495,8 @@ def main():
         return
     print(f"jax {jax.__version__}, lineax {lx.__version__ if hasattr(lx, '__version__') else ''}, "
           f"XLA_FLAGS={os.environ['XLA_FLAGS']!r}, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, "
-          f"backend {jax.default_backend()}")
+          f"backend {jax.default_backend()}, CPUs allowed {sorted(os.sched_getaffinity(0))} "
+          f"(pin the whole process with `taskset -c N` for a single-core comparison)")
     results = {}
     for name in args.cases:
         n_sys = args.systems
