@@ -67,11 +67,12 @@ class GMRES(lx.AbstractLinearSolver):
         one per grid axis). The solver then runs on `P A x̂ = P b`, `P = I - A Z
         E^{-1} Z^T`, with `Z` the indicators of the grid's blocks, and recovers `x`;
         the block-constant (smooth) error components never slow it down. Costs
-        `2d + 1` counted products (probes of `A Z`) and 2 to finish, a dense LU of
-        the `m x m` coarse matrix (`m` blocks), and per product a block sum, an
-        `m x m` triangular solve pair and a few elementwise passes. The exit test
-        stays on the true residual `||b - A x||`; the result fails if the probes
-        do not describe the operator (it is not a reach-one star stencil).
+        `2d + 1` counted products (probes of `A Z`) and 2 to finish, a dense
+        inverse of the `m x m` coarse matrix (`m` blocks, at most 4096) per solve,
+        and per product a block sum, one `m x m` matrix-vector product and one
+        stencil application. The exit test stays on the true residual
+        `||b - A x||`; the result is a `breakdown` if the probes do not describe
+        the operator (it is not a reach-one star stencil).
 
     **Options** (`lineax.linear_solve(..., options=...)`): `preconditioner`, a
     lineax operator approximating `A^{-1}` (applied on the right: the solver works
