@@ -246,7 +246,11 @@ def deflate(operator, flat, matvec, b, x0, coarse_blocks, rtol, atol, name):
     maps the loop's output back to `x`, recomputes the true residual, adds the probe
     and finishing products to `num_matvecs`, and reports a breakdown if `E` is
     singular or if the loop converged but the true residual misses the tolerance.
+    With `coarse_blocks=None` the problem is handed back as it is (`finish` is the
+    identity), so a solver calls this unconditionally.
     """
+    if coarse_blocks is None:
+        return matvec, b, rtol, atol, lambda loop: loop
     blocks = coarse_geometry(operator, flat, coarse_blocks, name)
     proj, probes = build_projector(matvec, flat.vec_shape, blocks, b.dtype)
     bnorm = jnp.linalg.norm(b)

@@ -238,11 +238,9 @@ class GCRODR(lx.AbstractLinearSolver):
         shape = flat.vec_shape
         b = flat.to_vec(vector)
         x0 = x0.reshape(shape)
-        rhs, rtol, atol = b, self.rtol, self.atol
-        if self.coarse_blocks is not None:
-            matvec, rhs, rtol, atol, finish = deflate(
-                operator, flat, matvec, b, x0, self.coarse_blocks, rtol, atol, "GCRODR"
-            )
+        matvec, rhs, rtol, atol, finish = deflate(
+            operator, flat, matvec, b, x0, self.coarse_blocks, self.rtol, self.atol, "GCRODR"
+        )
 
         def project(basis):
             return reproject(lambda u: matvec(precond(u)), basis, shape)
@@ -273,8 +271,7 @@ class GCRODR(lx.AbstractLinearSolver):
             reorthogonalize=self.reorthogonalize,
             harvest_every=self.harvest_every,
         )
-        if self.coarse_blocks is not None:
-            loop = finish(loop)
+        loop = finish(loop)
         U_new = loop.U.reshape(k, n).T
         C_new = loop.C.reshape(k, n).T
         # A failed harvest hands the old pair back through its coefficients, which

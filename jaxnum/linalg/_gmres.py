@@ -112,11 +112,10 @@ class GMRES(lx.AbstractLinearSolver):
         b = flat.to_vec(vector)
         x0 = x0.reshape(b.shape)
         size = min(self.restart, flat.size)
-        matvec, rhs, rtol, atol = vec_matvec(operator, flat), b, self.rtol, self.atol
-        if self.coarse_blocks is not None:
-            matvec, rhs, rtol, atol, finish = deflate(
-                operator, flat, matvec, b, x0, self.coarse_blocks, rtol, atol, "GMRES"
-            )
+        matvec, rhs, rtol, atol, finish = deflate(
+            operator, flat, vec_matvec(operator, flat), b, x0, self.coarse_blocks,
+            self.rtol, self.atol, "GMRES",
+        )
         loop = restarted_krylov(
             matvec,
             vec_precond(preconditioner, flat),
@@ -129,8 +128,7 @@ class GMRES(lx.AbstractLinearSolver):
             max_steps=default_max_steps(self.max_steps, flat.size),
             reorthogonalize=self.reorthogonalize,
         )
-        if self.coarse_blocks is not None:
-            loop = finish(loop)
+        loop = finish(loop)
         result = final_result(
             loop.converged, loop.ok_input, loop.stagnated & ~loop.broke, ~loop.broke
         )
