@@ -301,7 +301,7 @@ def test_user_operator_as_preconditioner_and_y0():
 
 
 def test_upper_inverse_is_accurate_on_ill_conditioned_triangles():
-    # Padding to a power of two and the blocked recursion, against numpy.
+    # The triangular inverse used by the solvers (Cholesky-QR, harvests), against numpy.
     from jaxnum.linalg._misc import upper_inverse
 
     rng = np.random.default_rng(11)

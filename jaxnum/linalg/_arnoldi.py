@@ -7,8 +7,6 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Bool, Float, Int
 
-from ._misc import upper_inverse
-
 # Rows of the basis added per chunk of Arnoldi steps (see `arnoldi_cycle`).
 CHUNK = 8
 
@@ -145,7 +143,7 @@ def arnoldi_cycle(
     # by zero: such a direction simply gets no weight.
     Rs = Rs + jnp.diag(jnp.where(diag == 0, 1.0, 0.0))
     rhs = jnp.where(used, g[:size], 0.0)
-    y = upper_inverse(Rs) @ rhs
+    y = lax.linalg.triangular_solve(Rs, rhs[:, None], left_side=True, lower=False)[:, 0]
     y = jnp.where(used & (diag != 0), y, 0.0)
     return Cycle(W, H, B, y, jnp.abs(g[j]), j, breakdown)
 

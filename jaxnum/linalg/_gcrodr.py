@@ -18,7 +18,6 @@ from ._misc import (
     get_preconditioner,
     get_y0,
     spd_inverse,
-    upper_inverse,
     vec_matvec,
     vec_precond,
 )
@@ -106,7 +105,9 @@ def harmonic_ritz_harvest(k: int):
         # V̂ coef^T, with Û = D U and masked V rows. When the harvest fails (`ok`
         # False) the coefficients select the old pair instead, so that no extra pass
         # over the long vectors is spent on choosing between old and new.
-        coef = upper_inverse(Rp_safe).T @ P.T
+        coef = lax.linalg.triangular_solve(  # Rp^{-T} P^T
+            Rp_safe, P.T, left_side=True, lower=False, transpose_a=True
+        )
         coef = coef.at[:, k:].set(jnp.where(used[None, :], coef[:, k:], 0.0))
         keep_c = jnp.eye(kc + size + 1, k, dtype=dtype)  # [I; 0]: C itself (0 if kc = 0)
         C_coef = jnp.where(ok, Qp[k - kc :], keep_c)
