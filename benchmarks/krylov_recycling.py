@@ -33,9 +33,15 @@ carrying and in similarity order.
 
 Times are the process CPU time per system (every side single-threaded, so this is
 the compute each side spent, independent of other load on a shared machine); wall
-time is printed beside it. Systems that are solved independently (every peer, jaxnum GMRES and GCRO-DR without
-carrying) are timed on the first `--peer-systems` systems; the recycling runs solve
-the whole sequence (`--systems`), since the sequence is the point. Every solution is
+time is printed beside it. The peers are timed on the first `--peer-systems` systems
+(their products counted on the first `--count-systems`); jaxnum's independent solves
+(GMRES, GCRO-DR without carrying) on the first `--indep-systems` (default: all); the
+recycling runs solve the whole sequence (`--systems`), since the sequence is the
+point. Each row says how many systems it covers. Ratios of products compare two rows
+over the systems both cover (session 8: earlier sessions compared a median over the
+first 8 systems with one over all 100); a ratio of times between rows over different
+numbers of systems says so in its name, so run with `--peer-systems` equal to
+`--systems` for like-for-like times. Every solution is
 checked (true residual, and agreement with `spsolve`) before it is timed. Matrix-vector
 products are counted by wrapping the operator (separate, untimed runs for peers).
 
@@ -190,13 +196,17 @@ def record_row(rows, label, mv, cpu, wall, sols, mats, b, refs, note="", per=1, 
            for i in range(min(len(refs), len(sols)))] if refs else [0.0]
     rows[label] = r = {
         "matvecs": float(np.median(mv)) if mv is not None else float("nan"),
+        # Per-system products in the caller's order (the first `len` systems), so that
+        # ratios can compare rows over the same systems (see `ratios`).
+        "per_system": None if mv is None else [int(v) for v in np.asarray(mv).ravel()],
+        "systems": int(per),
         "time": float(cpu / per),
         "wall": float(wall / per),
         "max_residual": float(np.max(res)),
         "max_error_vs_spsolve": float(np.max(err)),
         "note": note,
     }
-    print(f"  {label:{width}s} matvecs/sys {r['matvecs']:8.0f}  cpu/sys {r['time']*1e3:9.1f} ms  wall/sys {r['wall']*1e3:9.1f} ms  "
+    print(f"  {label:{width}s} [{per:3d} sys] matvecs/sys {r['matvecs']:8.0f}  cpu/sys {r['time']*1e3:9.1f} ms  wall/sys {r['wall']*1e3:9.1f} ms  "
           f"max resid {r['max_residual']:.1e}  err vs spsolve {r['max_error_vs_spsolve']:.1e} {note}", flush=True)
 
 
@@ -316,7 +326,13 @@ def run_case(name, args):
                                coarse_blocks=cb)
         indep[f"jaxnum GMRES(40) + coarse({cb})"] = coarse_gm
         indep[f"jaxnum GCRO-DR(40,20) + coarse({cb}), no carry"] = coarse_rec
-    sub = take(params, slice(0, P))
+    # jaxnum's independent solves (GMRES(40), GCRO-DR without carrying) run on the
+    # first `--indep-systems` systems, by default all of them: the recycling targets
+    # compare them with the sequence, and a median over the first few systems is not
+    # the median over the sequence (session 8: the first 8 of the a128 draw needed
+    # 8% more products without carrying than all 100).
+    I = N if args.indep_systems is None else min(max(args.indep_systems, P), N)
+    sub = take(params, slice(0, I))
     for label, solver in indep.items():
         if solver is None or isinstance(solver, jl.GCRODR):
             # A recycling solver with nothing carried between systems.
@@ -330,7 +346,7 @@ def run_case(name, args):
             fn = lambda q, s=solver: jl.solve_sequence(make, q, rhs, s, order="given", throw=False)
             out, t = time_sequence(fn, sub)
             xs, mv = out.value, out.stats["num_matvecs"]
-        record(label, np.asarray(mv), [t], list(xs), per=P)
+        record(label, np.asarray(mv), [t], list(xs)[:P], per=I)
     runs = [(rec, rec_name, order) for order in ("given", "similarity")]
     if not symmetric and args.gcrodr_cheap:
         # Session 5: the same solver with rarer harmonic-Ritz refreshes (each costs
@@ -375,72 +391,87 @@ def run_case(name, args):
     return desc, rows
 
 
+def mv_ratio(a, b):
+    """Median products of row `a` over those of row `b`, over the systems both rows
+    cover (the first ones in the caller's order; peers are counted on a subset)."""
+    n = min(len(a["per_system"]), len(b["per_system"]))
+    return float(np.median(a["per_system"][:n]) / np.median(b["per_system"][:n]))
+
+
+def time_ratio(out, key, a, b):
+    """`out[key] = time(a) / time(b)`; the key says so when the two rows' times are
+    per-system averages over different numbers of systems (not like for like)."""
+    if a["systems"] != b["systems"]:
+        key += f" [times over {a['systems']} vs {b['systems']} systems]"
+    out[key] = a["time"] / b["time"]
+
+
 def ratios(name, rows):
     out = {}
     if name.startswith("a") or name in ("c", "u"):
         sim = rows["jaxnum GCRO-DR(40,20), similarity"]
         given = rows["jaxnum GCRO-DR(40,20), given"]
         nocarry = rows["jaxnum GCRO-DR(40,20), no carry"]
-        out["matvecs GMRES(40) / GCRO-DR sim"] = rows["jaxnum GMRES(40)"]["matvecs"] / sim["matvecs"]
-        out["matvecs scipy GMRES(40) / GCRO-DR sim"] = rows["scipy gmres(40)"]["matvecs"] / sim["matvecs"]
-        out["matvecs no-carry / sim"] = nocarry["matvecs"] / sim["matvecs"]
-        out["matvecs given / no-carry"] = given["matvecs"] / nocarry["matvecs"]
-        out["time lineax GMRES(40) / GCRO-DR sim"] = rows["lineax GMRES(40)"]["time"] / sim["time"]
-        out["time scipy GMRES(40) / GCRO-DR sim"] = rows["scipy gmres(40)"]["time"] / sim["time"]
-        out["time jax.scipy gmres / GCRO-DR sim"] = rows["jax.scipy gmres(40)"]["time"] / sim["time"]
-        out["time scipy gcrotmk / GCRO-DR sim"] = rows["scipy gcrotmk(m=20,k=20, shared CU)"]["time"] / sim["time"]
-        out["time spsolve / GCRO-DR sim"] = rows["scipy spsolve"]["time"] / sim["time"]
+        out["matvecs GMRES(40) / GCRO-DR sim"] = mv_ratio(rows["jaxnum GMRES(40)"], sim)
+        out["matvecs scipy GMRES(40) / GCRO-DR sim"] = mv_ratio(rows["scipy gmres(40)"], sim)
+        out["matvecs no-carry / sim"] = mv_ratio(nocarry, sim)
+        out["matvecs given / no-carry"] = mv_ratio(given, nocarry)
+        time_ratio(out, "time lineax GMRES(40) / GCRO-DR sim", rows["lineax GMRES(40)"], sim)
+        time_ratio(out, "time scipy GMRES(40) / GCRO-DR sim", rows["scipy gmres(40)"], sim)
+        time_ratio(out, "time jax.scipy gmres / GCRO-DR sim", rows["jax.scipy gmres(40)"], sim)
+        time_ratio(out, "time scipy gcrotmk / GCRO-DR sim", rows["scipy gcrotmk(m=20,k=20, shared CU)"], sim)
+        time_ratio(out, "time spsolve / GCRO-DR sim", rows["scipy spsolve"], sim)
         for key in [k for k in rows if "harvest_every" in k and k.endswith(", similarity")]:
             tag = " (" + key.split("jaxnum ")[1].split(", similarity")[0] + ")"
             c = rows[key]
             own = rows.get(key.replace(", similarity", ", no carry"))
-            out[f"matvecs GMRES(40) / GCRO-DR sim{tag}"] = rows["jaxnum GMRES(40)"]["matvecs"] / c["matvecs"]
+            out[f"matvecs GMRES(40) / GCRO-DR sim{tag}"] = mv_ratio(rows["jaxnum GMRES(40)"], c)
             if own is not None:  # the same (m, k, harvest_every) without carrying
-                out[f"matvecs no-carry / sim{tag}, same setting"] = own["matvecs"] / c["matvecs"]
+                out[f"matvecs no-carry / sim{tag}, same setting"] = mv_ratio(own, c)
             else:
-                out[f"matvecs no-carry / sim{tag}"] = nocarry["matvecs"] / c["matvecs"]
-            out[f"time lineax GMRES(40) / GCRO-DR sim{tag}"] = rows["lineax GMRES(40)"]["time"] / c["time"]
-            out[f"time scipy GMRES(40) / GCRO-DR sim{tag}"] = rows["scipy gmres(40)"]["time"] / c["time"]
+                out[f"matvecs no-carry / sim{tag}"] = mv_ratio(nocarry, c)
+            time_ratio(out, f"time lineax GMRES(40) / GCRO-DR sim{tag}", rows["lineax GMRES(40)"], c)
+            time_ratio(out, f"time scipy GMRES(40) / GCRO-DR sim{tag}", rows["scipy gmres(40)"], c)
         coarse = [k for k in rows if "+ coarse(" in k and k.endswith(", similarity")]
         if coarse:
             c = rows[coarse[0]]
             tag = " (" + coarse[0].split("+ ")[1].split(", similarity")[0] + ")"
             gm = rows[next(k for k in rows if k.startswith("jaxnum GMRES(40) + coarse("))]
             nc = rows[coarse[0].replace(", similarity", ", no carry")]
-            out[f"matvecs GMRES(40) / GCRO-DR sim{tag}"] = rows["jaxnum GMRES(40)"]["matvecs"] / c["matvecs"]
-            out[f"matvecs no-carry / sim{tag}, same setting"] = nc["matvecs"] / c["matvecs"]
-            out[f"matvecs GMRES(40){tag} / GCRO-DR sim{tag}"] = gm["matvecs"] / c["matvecs"]
-            out[f"matvecs GMRES(40) / GMRES(40){tag}"] = rows["jaxnum GMRES(40)"]["matvecs"] / gm["matvecs"]
-            out[f"time lineax GMRES(40) / GCRO-DR sim{tag}"] = rows["lineax GMRES(40)"]["time"] / c["time"]
-            out[f"time scipy GMRES(40) / GCRO-DR sim{tag}"] = rows["scipy gmres(40)"]["time"] / c["time"]
-            out[f"time lineax GMRES(40) / GMRES(40){tag}"] = rows["lineax GMRES(40)"]["time"] / gm["time"]
+            out[f"matvecs GMRES(40) / GCRO-DR sim{tag}"] = mv_ratio(rows["jaxnum GMRES(40)"], c)
+            out[f"matvecs no-carry / sim{tag}, same setting"] = mv_ratio(nc, c)
+            out[f"matvecs GMRES(40){tag} / GCRO-DR sim{tag}"] = mv_ratio(gm, c)
+            out[f"matvecs GMRES(40) / GMRES(40){tag}"] = mv_ratio(rows["jaxnum GMRES(40)"], gm)
+            time_ratio(out, f"time lineax GMRES(40) / GCRO-DR sim{tag}", rows["lineax GMRES(40)"], c)
+            time_ratio(out, f"time scipy GMRES(40) / GCRO-DR sim{tag}", rows["scipy gmres(40)"], c)
+            time_ratio(out, f"time lineax GMRES(40) / GMRES(40){tag}", rows["lineax GMRES(40)"], gm)
         warm = [k for k in rows if k.startswith("jaxnum GCRO-DR") and "warm start" in k]
         if warm:
             sw = rows[warm[0]]
             gw = rows[next(k for k in rows if k.startswith("jaxnum GMRES(40), similarity + warm"))]
-            out["matvecs GMRES(40) / GCRO-DR sim+warm"] = rows["jaxnum GMRES(40)"]["matvecs"] / sw["matvecs"]
-            out["matvecs no-carry / sim+warm"] = nocarry["matvecs"] / sw["matvecs"]
-            out["matvecs GMRES(40) sim+warm / GCRO-DR sim+warm"] = gw["matvecs"] / sw["matvecs"]
-            out["time lineax GMRES(40) / GCRO-DR sim+warm"] = rows["lineax GMRES(40)"]["time"] / sw["time"]
-            out["time scipy GMRES(40) / GCRO-DR sim+warm"] = rows["scipy gmres(40)"]["time"] / sw["time"]
+            out["matvecs GMRES(40) / GCRO-DR sim+warm"] = mv_ratio(rows["jaxnum GMRES(40)"], sw)
+            out["matvecs no-carry / sim+warm"] = mv_ratio(nocarry, sw)
+            out["matvecs GMRES(40) sim+warm / GCRO-DR sim+warm"] = mv_ratio(gw, sw)
+            time_ratio(out, "time lineax GMRES(40) / GCRO-DR sim+warm", rows["lineax GMRES(40)"], sw)
+            time_ratio(out, "time scipy GMRES(40) / GCRO-DR sim+warm", rows["scipy gmres(40)"], sw)
     else:
         sims = [k for k in rows if "DeflatedCG" in k and k.endswith(", similarity")]
         for key in sims:
             d = rows[key]
             tag = "" if key == sims[0] else " (" + key.split("jaxnum ")[1].split(", similarity")[0] + ")"
-            out[f"matvecs CG / DeflatedCG sim{tag}"] = rows["jaxnum CG"]["matvecs"] / d["matvecs"]
-            out[f"matvecs lineax CG / DeflatedCG sim{tag}"] = rows["lineax CG"]["matvecs"] / d["matvecs"]
-            out[f"time lineax CG / DeflatedCG sim{tag}"] = rows["lineax CG"]["time"] / d["time"]
-            out[f"time scipy cg / DeflatedCG sim{tag}"] = rows["scipy cg"]["time"] / d["time"]
-            out[f"time spsolve / DeflatedCG sim{tag}"] = rows["scipy spsolve"]["time"] / d["time"]
-        out["time lineax CG / jaxnum CG"] = rows["lineax CG"]["time"] / rows["jaxnum CG"]["time"]
+            out[f"matvecs CG / DeflatedCG sim{tag}"] = mv_ratio(rows["jaxnum CG"], d)
+            out[f"matvecs lineax CG / DeflatedCG sim{tag}"] = mv_ratio(rows["lineax CG"], d)
+            time_ratio(out, f"time lineax CG / DeflatedCG sim{tag}", rows["lineax CG"], d)
+            time_ratio(out, f"time scipy cg / DeflatedCG sim{tag}", rows["scipy cg"], d)
+            time_ratio(out, f"time spsolve / DeflatedCG sim{tag}", rows["scipy spsolve"], d)
+        time_ratio(out, "time lineax CG / jaxnum CG", rows["lineax CG"], rows["jaxnum CG"])
         warm = [k for k in rows if "DeflatedCG" in k and "warm start" in k]
         if warm:
             dw = rows[warm[0]]
             cw = rows[next(k for k in rows if k.startswith("jaxnum CG, similarity + warm"))]
-            out["matvecs CG / DeflatedCG sim+warm"] = rows["jaxnum CG"]["matvecs"] / dw["matvecs"]
-            out["matvecs CG sim+warm / DeflatedCG sim+warm"] = cw["matvecs"] / dw["matvecs"]
-            out["time lineax CG / DeflatedCG sim+warm"] = rows["lineax CG"]["time"] / dw["time"]
+            out["matvecs CG / DeflatedCG sim+warm"] = mv_ratio(rows["jaxnum CG"], dw)
+            out["matvecs CG sim+warm / DeflatedCG sim+warm"] = mv_ratio(cw, dw)
+            time_ratio(out, "time lineax CG / DeflatedCG sim+warm", rows["lineax CG"], dw)
     for k, v in out.items():
         print(f"  ratio {k:42s} {v:6.2f}")
     return out
@@ -451,11 +482,11 @@ def markdown(results) -> str:
     lines = []
     for name, res in results.items():
         lines += [f"**({name}) {res['description']}**", "",
-                  "| method | matvecs / system (median) | CPU ms / system | wall ms / system | max true rel. residual | max rel. error vs spsolve |",
-                  "|---|---:|---:|---:|---:|---:|"]
+                  "| method | systems | matvecs / system (median) | CPU ms / system | wall ms / system | max true rel. residual | max rel. error vs spsolve |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
         for label, r in res["rows"].items():
             mv = "-" if r["matvecs"] != r["matvecs"] else f"{r['matvecs']:.0f}"
-            lines.append(f"| {label} {r['note']} | {mv} | {r['time'] * 1e3:.1f} | {r['wall'] * 1e3:.1f} | "
+            lines.append(f"| {label} {r['note']} | {r.get('systems', '')} | {mv} | {r['time'] * 1e3:.1f} | {r['wall'] * 1e3:.1f} | "
                          f"{r['max_residual']:.1e} | {r['max_error_vs_spsolve']:.1e} |")
         lines += ["", "| ratio | value |", "|---|---:|"]
         lines += [f"| {k} | {v:.2f} |" for k, v in res["ratios"].items()]
@@ -469,6 +500,8 @@ def main():
     parser.add_argument("--systems", type=int, default=200, help="systems per sequence (default 200)")
     parser.add_argument("--peer-systems", type=int, default=12, help="systems timed for independent solvers")
     parser.add_argument("--count-systems", type=int, default=3, help="systems whose JAX-peer matvecs are counted")
+    parser.add_argument("--indep-systems", type=int, default=None,
+                        help="systems solved by jaxnum's independent rows (GMRES, no carry); default: all")
     parser.add_argument("--dcg-recycle", type=int, default=20)
     parser.add_argument("--harvest-every", type=int, default=2, help="GCRO-DR harvest_every (also for the no-carry rows)")
     parser.add_argument("--dcg-cheap", type=int, nargs=2, metavar=("K", "H"), default=None,
