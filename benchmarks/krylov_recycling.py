@@ -346,7 +346,7 @@ def run_case(name, args):
             fn = lambda q, s=solver: jl.solve_sequence(make, q, rhs, s, order="given", throw=False)
             out, t = time_sequence(fn, sub)
             xs, mv = out.value, out.stats["num_matvecs"]
-        record(label, np.asarray(mv), [t], list(xs)[:P], per=I)
+        record(label, np.asarray(mv), [t], list(xs[:P]), per=I)
     runs = [(rec, rec_name, order) for order in ("given", "similarity")]
     if not symmetric and args.gcrodr_cheap:
         # Session 5: the same solver with rarer harmonic-Ritz refreshes (each costs

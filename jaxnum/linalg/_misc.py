@@ -194,7 +194,8 @@ def upper_inverse(R: Array) -> Array:
     recursive inversion (`log2 k` levels of batched matmuls) that jaxnum used before,
     or faster (a 40 x 40 inverse inside a loop: 7.5 against 13 us), and it compiles
     in a fraction of the time (0.1-0.2 s against 0.6-0.7 s per call site; a GCRO-DR
-    solve has about a dozen): measured in session 8. Under `vmap` a batch of 60 x 60
+    solve had about a dozen, and the Arnoldi least squares and the harvest now call
+    `triangular_solve` directly): measured in session 8. Under `vmap` a batch of 60 x 60
     inverses is slower (0.24 against 0.05 ms for 4), which no solver here notices.
     (A Neumann-type product `(I - N)(I + N^2)...` is cheaper still but loses all
     accuracy on the ill-conditioned `R` of a 50-60 step GMRES cycle.)
