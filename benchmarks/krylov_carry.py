@@ -6,8 +6,8 @@ GCRO-DR without carrying (independent solves) and GCRO-DR in similarity order
 (`solve_sequence`), for GCRO-DR(40, 20) and (50, 10) with `harvest_every=4` (or the
 settings given with `--gcrodr M K H`), and prints each row's median and mean products
 per system over all systems and over the first 8, so that the carry ratio compares
-the same systems. Products are deterministic, so the load on the machine does not matter here; times are not
-reported (use `krylov_recycling.py`).
+the same systems. Products are deterministic, so the load on the machine does not
+matter here; times are not reported (use `krylov_recycling.py`).
 
 `--full F` adds a reference row on the first F systems: GMRES without restarts
 (`restart=R`, `--full-restart`, default 2500, with CGS2 re-orthogonalisation, since a
