@@ -309,13 +309,15 @@ def run_case(name, args):
         indep = {"jaxnum GMRES(40)": jl.GMRES(RTOL, 0.0, restart=M), "jaxnum GCRO-DR(40,20), no carry": None}
         rec = jl.GCRODR(RTOL, 0.0, restart=M, recycle=K, harvest_every=args.harvest_every)
         rec_name = "GCRO-DR(40,20)"
+    alts = []
     if not symmetric and args.gcrodr_alt:
-        # Session 6: another (m, k, harvest_every), with its own no-carry row, so that
-        # its carry ratio compares like with like.
-        m2, k2, h2 = args.gcrodr_alt
-        alt = jl.GCRODR(RTOL, 0.0, restart=m2, recycle=k2, harvest_every=h2)
-        alt_name = f"GCRO-DR({m2},{k2}, harvest_every={h2})"
-        indep[f"jaxnum {alt_name}, no carry"] = alt
+        # Session 6: other (m, k, harvest_every) settings (repeatable since session 9),
+        # each with its own no-carry row, so that its carry ratio compares like with like.
+        for m2, k2, h2 in args.gcrodr_alt:
+            alt = jl.GCRODR(RTOL, 0.0, restart=m2, recycle=k2, harvest_every=h2)
+            alt_name = f"GCRO-DR({m2},{k2}, harvest_every={h2})"
+            indep[f"jaxnum {alt_name}, no carry"] = alt
+            alts.append((alt, alt_name, "similarity"))
     if not symmetric and args.coarse:
         # Session 7: two-level (subdomain) deflation, `coarse_blocks=B`, for plain
         # GMRES(40) and for GCRO-DR (no carry / similarity order), so that what the
@@ -354,8 +356,7 @@ def run_case(name, args):
         h2 = args.gcrodr_cheap
         cheap = jl.GCRODR(RTOL, 0.0, restart=M, recycle=K, harvest_every=h2)
         runs.append((cheap, f"GCRO-DR(40,20, harvest_every={h2})", "similarity"))
-    if not symmetric and args.gcrodr_alt:
-        runs.append((alt, alt_name, "similarity"))
+    runs += alts
     if not symmetric and args.coarse:
         runs.append((coarse_rec, f"GCRO-DR(40,20) + coarse({args.coarse})", "similarity"))
     if symmetric and args.dcg_cheap:
@@ -509,9 +510,10 @@ def main():
     parser.add_argument("--gcrodr-cheap", type=int, metavar="H", default=None,
                         help="also run GCRODR(harvest_every=H) in similarity order (non-symmetric cases; "
                              "the no-carry row keeps --harvest-every)")
-    parser.add_argument("--gcrodr-alt", type=int, nargs=3, metavar=("M", "K", "H"), default=None,
+    parser.add_argument("--gcrodr-alt", type=int, nargs=3, metavar=("M", "K", "H"), default=None, action="append",
                         help="also run GCRODR(restart=M, recycle=K, harvest_every=H) without carrying "
-                             "(first --peer-systems) and in similarity order (non-symmetric cases)")
+                             "(like the other independent rows) and in similarity order (non-symmetric "
+                             "cases); repeatable")
     parser.add_argument("--coarse", type=int, metavar="B", default=None,
                         help="also run GMRES(40) and GCRO-DR(40,20) with coarse_blocks=B (two-level "
                              "deflation; GCRO-DR without carrying and in similarity order; non-symmetric cases)")
