@@ -46,6 +46,9 @@ def main():
     parser.add_argument("--full", type=int, default=0, metavar="F",
                         help="also run unrestarted GMRES on the first F systems")
     parser.add_argument("--full-restart", type=int, default=2500)
+    parser.add_argument("--coarse", type=int, default=None, metavar="B",
+                        help="two-level deflation on blocks of edge B (`coarse_blocks=B`) for every "
+                             "GCRO-DR row, plus a GMRES(40) + blocks row")
     parser.add_argument(
         "--gcrodr", type=int, nargs=3, action="append", metavar=("M", "K", "H"),
         help="GCRO-DR(restart=M, recycle=K, harvest_every=H) rows instead of the default (40, 20, 4) and (50, 10, 4)",
@@ -70,9 +73,12 @@ def main():
         return np.asarray(out.stats["num_matvecs"]), np.asarray(out.stats["residual"]), carried
 
     settings = [tuple(g) for g in args.gcrodr] if args.gcrodr else [(40, 20, 4), (50, 10, 4)]
+    cb = args.coarse
     rows = {"GMRES(40)": (independent, jl.GMRES(kr.RTOL, 0.0, restart=40))}
+    if cb:
+        rows[f"GMRES(40) + coarse({cb})"] = (independent, jl.GMRES(kr.RTOL, 0.0, restart=40, coarse_blocks=cb))
     for m, k, h in settings:
-        solver = jl.GCRODR(kr.RTOL, 0.0, restart=m, recycle=k, harvest_every=h)
+        solver = jl.GCRODR(kr.RTOL, 0.0, restart=m, recycle=k, harvest_every=h, coarse_blocks=cb)
         rows[f"GCRO-DR({m},{k},h{h}) no carry"] = (independent, solver)
         rows[f"GCRO-DR({m},{k},h{h}) similarity"] = (sequence, solver)
     out = {}

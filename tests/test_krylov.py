@@ -100,6 +100,37 @@ def test_matvec_count_is_honest(name, make):
         assert int(sol.stats["num_matvecs"]) == counter[0]
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: jl.GMRES(rtol=RTOL, atol=0.0, restart=30, reorthogonalize=True),
+        lambda: jl.GCRODR(rtol=RTOL, atol=0.0, restart=30, recycle=10, reorthogonalize=True),
+    ],
+    ids=["gmres", "gcrodr"],
+)
+def test_cgs2_solves_and_keeps_the_recycle_pair_exact(make):
+    # CGS2 (two Gram-Schmidt passes against C and V): same answers as one pass, and a
+    # carried pair still satisfies A U = C with C orthonormal after a second system.
+    rng = np.random.default_rng(1)
+    A = random_matrix(rng, 60, "nonsymmetric", cond=30.0)
+    solver = make()
+    options = {}
+    for shift in (0.0, 0.05):
+        A_i = A + shift * np.eye(60)
+        b = rng.standard_normal(60)
+        sol = _solve(lx.MatrixLinearOperator(jnp.asarray(A_i)), jnp.asarray(b), solver, options)
+        assert sol.result == lx.RESULTS.successful
+        x = np.asarray(sol.value)
+        np.testing.assert_allclose(x, np.linalg.solve(A_i, b), rtol=1e-7, atol=1e-9)
+        assert _true_rel_residual(A_i, x, b) <= RTOL * 1.0001
+        if "recycle" in sol.stats:
+            space = sol.stats["recycle"]
+            U, C = np.asarray(space.basis), np.asarray(space.image)
+            np.testing.assert_allclose(A_i @ U, C, atol=1e-9 * np.abs(A_i).max())
+            np.testing.assert_allclose(C.T @ C, np.eye(10), atol=1e-10)
+            options = {"recycle": space}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("every", [1, 3])
 def test_gcrodr_recycle_space_invariants_and_benefit(every):

@@ -25,15 +25,14 @@ def block_comb(c: Array, W: Array) -> Array:
 class Cycle(NamedTuple):
     """What one cycle hands back (buffers are full size; `steps` says how much is used).
 
-    `W` holds the projection block and the Arnoldi vectors as rows: `W[:kc]` is the
-    `C^T` the cycle projected against (`kc = k`, or `kc = 0` for a cycle without
-    projection) and `W[kc:]` the Arnoldi vectors `V^T` `(S+1, *shape)`. `H` is the
-    unrotated Hessenberg matrix `(S+1, S)`, `B = C^T A M V` `(kc, S)` the coefficients
-    removed by the projection, `y` the least-squares solution `(S,)` (zero past
+    `V` holds the Arnoldi vectors as rows, `V^T` `(S+1, *shape)`. `H` is the unrotated
+    Hessenberg matrix `(S+1, S)`, `B = C^T A M V` `(kc, S)` the coefficients removed by
+    the projection against the `C^T` `(kc, *shape)` the cycle was given (`kc = 0` for
+    a cycle without projection), `y` the least-squares solution `(S,)` (zero past
     `steps`), `estimate` the Givens estimate of the residual norm after the cycle.
     """
 
-    W: Float[Array, " kc+S+1 *shape"]
+    V: Float[Array, " S+1 *shape"]
     H: Float[Array, "S+1 S"]
     B: Float[Array, "kc S"]
     y: Float[Array, " S"]
@@ -50,15 +49,17 @@ def arnoldi_cycle(
 
     Vectors keep their own shape (a grid-shaped operator is applied to a grid-shaped
     array, never through a reshape to a flat vector: XLA:CPU runs a stencil fused
-    with such a reshape ~2x slower). Blocks of vectors are stored as rows, and the
-    projection block `C^T` `(k, *shape)` sits in the same buffer as the Arnoldi
-    vectors, so each Gram-Schmidt pass is one product `W @ w` and one `h @ W` over
-    `[C^T; V^T]` instead of two of each.
+    with such a reshape ~2x slower). Blocks of vectors are stored as rows; each
+    Gram-Schmidt pass is one product `C^T w` and `V^T w` each, and one combination.
 
-    Only the rows already filled are read: the steps run in chunks of `CHUNK`, each
-    its own loop over a buffer that holds the rows it can reach (the buffer grows by
-    `CHUNK` zero rows between chunks). A `size`-step cycle then reads about half of
-    the basis per step on average instead of all of it.
+    Only the Arnoldi rows already filled are read: the steps run in chunks of
+    `CHUNK`, each its own loop over a buffer that holds the rows it can reach (the
+    buffer grows by `CHUNK` zero rows between chunks). A `size`-step cycle then reads
+    about half of the basis per step on average instead of all of it. The projection
+    block `C^T` stays a separate, loop-invariant operand: sharing one buffer with
+    `V^T` (one product per pass instead of two) made every chunk's growth copy `C`
+    too, which cost more than the product it saved once `k` is large (session 10:
+    GCRO-DR(80, 60) spent ~25% of a cycle copying).
 
     Orthogonalisation is classical Gram-Schmidt, one pass (as `lineax.GMRES`) or two
     (`reorthogonalize`, CGS2, as stable as modified Gram-Schmidt); the exit test on
@@ -72,8 +73,8 @@ def arnoldi_cycle(
     eps = jnp.finfo(dtype).eps
     v0 = (r / jnp.where(beta > 0, beta, 1.0))[None]
     ends = [min(size, (c + 1) * CHUNK) for c in range(math.ceil(size / CHUNK))]
-    parts = [] if Ct is None else [Ct.astype(dtype)]
-    W = jnp.concatenate(parts + [v0, jnp.zeros((ends[0], *shape), dtype)])
+    Ct = None if Ct is None else Ct.astype(dtype)
+    W = jnp.concatenate([v0, jnp.zeros((ends[0], *shape), dtype)])
     H = jnp.zeros((size + 1, size), dtype)
     R = jnp.zeros((size + 1, size), dtype)
     B = jnp.zeros((k, size), dtype)
@@ -84,29 +85,36 @@ def arnoldi_cycle(
 
     def body(carry):
         j, W, H, R, B, Q, _ = carry
-        rows = W.shape[0] - k  # Arnoldi rows this chunk can reach (static)
-        w = matvec(precond(W[k + j]))
+        rows = W.shape[0]  # Arnoldi rows this chunk can reach (static)
+        w = matvec(precond(W[j]))
         # Materialise the product once: otherwise XLA fuses the operator into each
         # of its consumers below (the norm and both Gram-Schmidt products) and
         # evaluates it three times.
         w = lax.optimization_barrier(w)
         w_norm0 = jnp.linalg.norm(w)
-        hh = block_dot(W, w)  # rows past k + j are zero
-        w = w - block_comb(hh, W)
+
+        def gram_schmidt(w):
+            hh = block_dot(W, w)  # rows past j are zero
+            if Ct is None:
+                return w - block_comb(hh, W), hh, None
+            b = block_dot(Ct, w)
+            return w - block_comb(hh, W) - block_comb(b, Ct), hh, b
+
+        w, hh, b = gram_schmidt(w)
         if reorthogonalize:
             # CGS2 ("twice is enough"). Unconditional: a data-dependent `lax.cond`
             # here (DGKS) makes XLA copy the basis buffers and costs more than it saves.
-            h2 = block_dot(W, w)
-            w = w - block_comb(h2, W)
+            w, h2, b2 = gram_schmidt(w)
             hh = hh + h2
-        b = hh[:k]
-        h = jnp.zeros(size + 1, dtype).at[:rows].set(hh[k:])
+            b = None if b is None else b + b2
+        h = jnp.zeros(size + 1, dtype).at[:rows].set(hh)
         hn = jnp.linalg.norm(w)
         breakdown = hn <= 10 * eps * w_norm0
-        W = W.at[k + j + 1].set(jnp.where(breakdown, 0.0, w / jnp.where(breakdown, 1.0, hn)))
+        W = W.at[j + 1].set(jnp.where(breakdown, 0.0, w / jnp.where(breakdown, 1.0, hn)))
         h = h.at[j + 1].set(hn)
         H = H.at[:, j].set(h)
-        B = B.at[:, j].set(b)
+        if b is not None:
+            B = B.at[:, j].set(b)
         col = Q @ h
         a, c = col[j], col[j + 1]
         denom = jnp.hypot(a, c)
@@ -152,9 +160,8 @@ def cycle_update(cycle: Cycle) -> tuple[Array, Array]:
     """`(V_S y, V_{S+1} H y)` in one pass over the basis: the cycle's correction (before
     the recycle-space term) and the decrease of the residual, `r_new = r - V_{S+1} H y`
     (the projected Arnoldi relation; no matrix-vector product)."""
-    kc = cycle.B.shape[0]
     size = cycle.y.shape[0]
-    coef = jnp.zeros((2, cycle.W.shape[0]), cycle.y.dtype)
-    coef = coef.at[0, kc : kc + size].set(cycle.y).at[1, kc:].set(cycle.H @ cycle.y)
-    both = block_comb(coef, cycle.W)
+    coef = jnp.zeros((2, cycle.V.shape[0]), cycle.y.dtype)
+    coef = coef.at[0, :size].set(cycle.y).at[1].set(cycle.H @ cycle.y)
+    both = block_comb(coef, cycle.V)
     return both[0], both[1]

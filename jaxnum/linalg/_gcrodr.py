@@ -47,14 +47,14 @@ def harmonic_ritz_harvest(k: int):
 
     def harvest(U, C, have, grams, cycle: Cycle):
         # U and C arrive as rows, (k, *shape), with their Gram matrices
-        # grams = (C U^T, U U^T); cycle.W holds [C; V] (or only V for a cycle without
-        # projection, when U = C = 0). The long products below work on flat views of
+        # grams = (C U^T, U U^T); the cycle projected against C (kc = k), or not at all
+        # (kc = 0, when U = C = 0). The long products below work on flat views of
         # these blocks (reshapes of contiguous arrays, no copies).
         dtype = U.dtype
         size = cycle.H.shape[1]
-        kc = cycle.W.shape[0] - (size + 1)
+        kc = cycle.B.shape[0]
         n = math.prod(U.shape[1:])
-        Vf = cycle.W.reshape(cycle.W.shape[0], n)[kc:]  # V^T, (S+1, n)
+        Vf = cycle.V.reshape(size + 1, n)  # V^T, (S+1, n)
         Uf = U.reshape(k, n)
         CtU, UtU = grams
         j = cycle.steps
@@ -101,7 +101,7 @@ def harmonic_ritz_harvest(k: int):
         ok = ok & (have | (j >= k)) & jnp.all(jnp.isfinite(mu))
         Rp_safe = jnp.where(ok, Rp, jnp.eye(k, dtype=dtype))
         # Small coefficient matrices first, then one pass over the long vectors:
-        # C' = Ŵ Qp (one product with the [C; V] buffer) and U' = V̂ P Rp^{-1} =
+        # C' = Ŵ Qp (products with the C and V blocks) and U' = V̂ P Rp^{-1} =
         # V̂ coef^T, with Û = D U and masked V rows. When the harvest fails (`ok`
         # False) the coefficients select the old pair instead, so that no extra pass
         # over the long vectors is spent on choosing between old and new.
@@ -111,7 +111,10 @@ def harmonic_ritz_harvest(k: int):
         coef = coef.at[:, k:].set(jnp.where(used[None, :], coef[:, k:], 0.0))
         keep_c = jnp.eye(kc + size + 1, k, dtype=dtype)  # [I; 0]: C itself (0 if kc = 0)
         C_coef = jnp.where(ok, Qp[k - kc :], keep_c)
-        C_out = (C_coef.T @ cycle.W.reshape(cycle.W.shape[0], n)).reshape(C.shape)
+        C_out = C_coef[kc:].T @ Vf
+        if kc:
+            C_out = C_out + C_coef[:kc].T @ C.reshape(k, n)
+        C_out = C_out.reshape(C.shape)
         coef_v = jnp.concatenate([coef[:, k:], jnp.zeros((k, 1), dtype)], axis=1)
         U_out = jnp.where(ok, coef_v, 0.0) @ Vf
         if kc:
