@@ -49,8 +49,9 @@ def arnoldi_cycle(
 
     Vectors keep their own shape (a grid-shaped operator is applied to a grid-shaped
     array, never through a reshape to a flat vector: XLA:CPU runs a stencil fused
-    with such a reshape ~2x slower). Blocks of vectors are stored as rows; each
-    Gram-Schmidt pass is one product `C^T w` and `V^T w` each, and one combination.
+    with such a reshape ~2x slower). Blocks of vectors are stored as rows; a
+    Gram-Schmidt pass is one product with each block (`C^T w`, `V^T w`) and one
+    combination of each.
 
     Only the Arnoldi rows already filled are read: the steps run in chunks of
     `CHUNK`, each its own loop over a buffer that holds the rows it can reach (the
@@ -58,8 +59,9 @@ def arnoldi_cycle(
     about half of the basis per step on average instead of all of it. The projection
     block `C^T` stays a separate, loop-invariant operand: sharing one buffer with
     `V^T` (one product per pass instead of two) made every chunk's growth copy `C`
-    too, which cost more than the product it saved once `k` is large (session 10:
-    GCRO-DR(80, 60) spent ~25% of a cycle copying).
+    too, which cost more than the product it saved once `k` is large (session 10: an
+    Arnoldi cycle of GCRO-DR(80, 60) at 128^2 took 9.0 ms with the shared buffer, 7.3
+    ms without).
 
     Orthogonalisation is classical Gram-Schmidt, one pass (as `lineax.GMRES`) or two
     (`reorthogonalize`, CGS2, as stable as modified Gram-Schmidt); the exit test on
