@@ -9,6 +9,9 @@ per system over all systems and over the first 8, so that the carry ratio compar
 the same systems. Products are deterministic, so the load on the machine does not
 matter here; times are not reported (use `krylov_recycling.py`).
 
+`--coarse B` adds two-level deflation on blocks of edge B to every GCRO-DR row (and a
+GMRES(40) + blocks row), to see what carrying adds on top of the block space.
+
 `--full F` adds a reference row on the first F systems: GMRES without restarts
 (`restart=R`, `--full-restart`, default 2500, with CGS2 re-orthogonalisation, since a
 basis this long loses orthogonality with one Gram-Schmidt pass). Full GMRES gives the
@@ -74,26 +77,28 @@ def main():
 
     settings = [tuple(g) for g in args.gcrodr] if args.gcrodr else [(40, 20, 4), (50, 10, 4)]
     cb = args.coarse
+    tag = f" + coarse({cb})" if cb else ""
     rows = {"GMRES(40)": (independent, jl.GMRES(kr.RTOL, 0.0, restart=40))}
     if cb:
         rows[f"GMRES(40) + coarse({cb})"] = (independent, jl.GMRES(kr.RTOL, 0.0, restart=40, coarse_blocks=cb))
     for m, k, h in settings:
         solver = jl.GCRODR(kr.RTOL, 0.0, restart=m, recycle=k, harvest_every=h, coarse_blocks=cb)
-        rows[f"GCRO-DR({m},{k},h{h}) no carry"] = (independent, solver)
-        rows[f"GCRO-DR({m},{k},h{h}) similarity"] = (sequence, solver)
+        rows[f"GCRO-DR({m},{k},h{h}){tag} no carry"] = (independent, solver)
+        rows[f"GCRO-DR({m},{k},h{h}){tag} similarity"] = (sequence, solver)
     out = {}
     for name, (run, solver) in rows.items():
         t0 = time.time()
         mv, res, carried = run(solver)
         out[name] = mv.tolist()
         extra = "" if carried is None else f" carried {carried:.0%}"
-        print(f"{name:32s} all {N}: median {np.median(mv):7.1f} mean {mv.mean():7.1f} | first 8: median "
+        print(f"{name:44s} all {N}: median {np.median(mv):7.1f} mean {mv.mean():7.1f} | first 8: median "
               f"{np.median(mv[:8]):7.1f} mean {mv[:8].mean():7.1f} | max res {res.max():.1e}{extra} "
               f"({time.time() - t0:.0f}s)", flush=True)
     gm = np.asarray(out["GMRES(40)"])
     for m, k, h in settings:
         key = f"{m},{k},h{h}"
-        nc, sim = np.asarray(out[f"GCRO-DR({key}) no carry"]), np.asarray(out[f"GCRO-DR({key}) similarity"])
+        nc = np.asarray(out[f"GCRO-DR({key}){tag} no carry"])
+        sim = np.asarray(out[f"GCRO-DR({key}){tag} similarity"])
         print(f"carry ratio ({key}): median {np.median(nc) / np.median(sim):.3f}, mean {nc.mean() / sim.mean():.3f}; "
               f"GMRES(40) / similarity: median {np.median(gm) / np.median(sim):.3f}, mean {gm.mean() / sim.mean():.3f}")
     if args.full:
