@@ -59,9 +59,9 @@ def arnoldi_cycle(
     about half of the basis per step on average instead of all of it. The projection
     block `C^T` stays a separate, loop-invariant operand: sharing one buffer with
     `V^T` (one product per pass instead of two) made every chunk's growth copy `C`
-    too, which cost more than the product it saved once `k` is large (session 10: an
-    Arnoldi cycle of GCRO-DR(80, 60) at 128^2 took 9.0 ms with the shared buffer, 7.3
-    ms without).
+    too, which cost more than the product it saved once `k` is large (session 10, A/B
+    runs: an Arnoldi cycle of GCRO-DR(80, 60) at 128^2 took 8.8 ms with the shared
+    buffer, 8.0-8.3 ms without; see `benchmarks/krylov_cycle_cost.py`).
 
     Orthogonalisation is classical Gram-Schmidt, one pass (as `lineax.GMRES`) or two
     (`reorthogonalize`, CGS2, as stable as modified Gram-Schmidt); the exit test on
