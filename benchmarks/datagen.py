@@ -30,11 +30,9 @@ samples per CPU second.
 
 import os
 
-os.environ.setdefault(
-    "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-)
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+import _pin  # (pins threads and the core before numpy/jax/torch)
+
+# isort: split
 
 import argparse
 import json
@@ -222,8 +220,7 @@ def main():
     parser.add_argument("--json", action="store_true", help="print one machine-readable line per case")
     args = parser.parse_args()
     print(f"jax {jax.__version__}, lineax {lx.__version__ if hasattr(lx, '__version__') else '?'}, "
-          f"scipy {scipy.__version__}; XLA_FLAGS={os.environ['XLA_FLAGS']!r}, "
-          f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}", flush=True)
+          f"scipy {scipy.__version__}; {_pin.describe()}", flush=True)
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.cases:
             case = run_case(name, args, workdir)

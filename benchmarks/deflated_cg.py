@@ -48,8 +48,11 @@ def extra_rows(name, args, rows):
     refs = [spla.spsolve(A.tocsc(), b_np) for A in mats[: args.ref_systems]]
     B = args.blocks2d if len(rhs.shape) == 2 else args.blocks3d
 
-    def record(label, mv, cpu, wall, sols, note="", per=1):
-        kr.record_row(rows, label, mv, cpu, wall, sols, mats, b_np, refs, note=note, per=per, width=58)
+    def record(label, mv, cpu, wall, sols, note="", per=1, residuals=None):
+        kr.record_row(rows, label, mv, cpu, wall, sols, mats, b_np, refs, note=note, per=per, width=58,
+                      residuals=residuals)
+
+    check = kr.true_residuals(make, rhs)
 
     # Jacobi peers on the first P systems.
     times, sols, mvs = [], [], []
@@ -95,7 +98,8 @@ def extra_rows(name, args, rows):
     fn = lambda q: jl.solve_sequence(make, q, rhs, jl.CG(RTOL, 0.0), order="given",
                                      preconditioner=jl.jacobi, throw=False)
     out, t = kr.time_sequence(fn, params)
-    record("jaxnum CG + Jacobi", np.asarray(out.stats["num_matvecs"]), t.cpu, t.wall, list(out.value[:P]), per=N)
+    record("jaxnum CG + Jacobi", np.asarray(out.stats["num_matvecs"]), t.cpu, t.wall, list(out.value[:P]), per=N,
+           residuals=check(params, out.value))
 
     runs = []
     for pre in (None, jl.jacobi):
@@ -111,7 +115,8 @@ def extra_rows(name, args, rows):
         carried = float(np.mean(np.asarray(out.stats["carried"])))
         conv = int(np.sum(np.asarray(out.result == lx.RESULTS.successful)))
         record(f"jaxnum {label}, {order}", mv, t.cpu, t.wall, list(out.value[:P]),
-               note=f"(all {N}; carried {carried:.0%}; converged {conv}/{N}; max stat residual {float(np.max(np.asarray(out.stats['residual']))):.1e})", per=N)
+               note=f"(all {N}; carried {carried:.0%}; converged {conv}/{N}; max stat residual {float(np.max(np.asarray(out.stats['residual']))):.1e})", per=N,
+               residuals=check(params, out.value))
     return desc
 
 
@@ -133,10 +138,9 @@ def summary(rows):
         lbase = rows["lineax CG + Jacobi"] if pcg else lin
         # Products over the systems both rows cover; a time ratio between rows over
         # different numbers of systems says so in its name (see `kr.time_ratio`).
-        entry = {
-            "matvecs CG / this": kr.mv_ratio(base, r),
-            "matvecs plain CG / this": kr.mv_ratio(cg, r),
-        }
+        entry = {}
+        kr.put_mv(entry, "matvecs CG / this", base, r)
+        kr.put_mv(entry, "matvecs plain CG / this", cg, r)
         kr.time_ratio(entry, "time lineax CG / this", lbase, r)
         kr.time_ratio(entry, "time plain lineax CG / this", lin, r)
         kr.time_ratio(entry, "time jaxnum CG / this", base, r)

@@ -1,4 +1,7 @@
 """Darcy inversion: recycled + warm-started adjoint solves vs plain CG (CPU time, matvecs)."""
+import _pin  # noqa: F401  (pins threads and the core before numpy/jax)
+
+# isort: split
 import time, sys, jax, jax.numpy as jnp, jax.random as jr
 jax.config.update("jax_enable_x64", True)
 from jaxnum.pde import Darcy

@@ -49,14 +49,10 @@ products are counted by wrapping the operator (separate, untimed runs for peers)
     python benchmarks/krylov_recycling.py --cases a64 u --systems 50 --json
 """
 
-import os
 
-# Pin threads alike for every side before numpy/jax are imported.
-os.environ.setdefault(
-    "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-)
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+import _pin  # (pins threads and the core before numpy/jax/torch)
+
+# isort: split
 
 import argparse
 import json
@@ -184,16 +180,31 @@ def time_sequence(fn, params):
     return out, clock
 
 
-def record_row(rows, label, mv, cpu, wall, sols, mats, b, refs, note="", per=1, width=34):
+# A solution passes the answer check when its true relative residual is within this
+# factor of the requested tolerance (the peers' exit tests use recurrence residuals,
+# which drift from the true one by a little).
+CHECK_SLACK = 2.0
+
+
+def record_row(rows, label, mv, cpu, wall, sols, mats, b, refs, note="", per=1, width=34,
+               residuals=None):
     """Adds (and prints) `rows[label]`: median products (`mv`, None if not counted),
     CPU and wall time per system (`cpu`, `wall` over `per` systems), the largest true
     relative residual of the first `len(mats)` solutions against the CSR matrices
     `mats`, and the largest relative error of the first `len(refs)` against the
-    `spsolve` solutions `refs` (0 while there are none)."""
+    `spsolve` solutions `refs` (0 while there are none).
+
+    The answer check: `residuals` (the true relative residuals of *every* solution the
+    row returned, computed with the operator; by default the CSR residuals above)
+    counts the systems whose residual exceeds `CHECK_SLACK * RTOL` as `unconverged`.
+    The printed line says how many, and every ratio that uses the row says so in its
+    name (see `flag`)."""
     bnorm = np.linalg.norm(b)
     res = [np.linalg.norm(b - mats[i] @ np.asarray(sols[i]).ravel()) / bnorm for i in range(min(len(mats), len(sols)))]
     err = [np.linalg.norm(np.asarray(sols[i]).ravel() - refs[i]) / np.linalg.norm(refs[i])
            for i in range(min(len(refs), len(sols)))] if refs else [0.0]
+    checked = np.asarray(res if residuals is None else residuals, dtype=float).ravel()
+    bad = int(np.sum(~(checked <= CHECK_SLACK * RTOL)))  # NaN counts as unconverged
     rows[label] = r = {
         "matvecs": float(np.median(mv)) if mv is not None else float("nan"),
         # Per-system products in the caller's order (the first `len` systems), so that
@@ -204,10 +215,24 @@ def record_row(rows, label, mv, cpu, wall, sols, mats, b, refs, note="", per=1, 
         "wall": float(wall / per),
         "max_residual": float(np.max(res)),
         "max_error_vs_spsolve": float(np.max(err)),
+        "checked": int(checked.size),
+        "max_checked_residual": float(np.max(checked)),
+        "unconverged": bad,
+        "label": label,
         "note": note,
     }
+    check = "ok" if bad == 0 else f"UNCONVERGED {bad}/{checked.size} (max {r['max_checked_residual']:.1e})"
     print(f"  {label:{width}s} [{per:3d} sys] matvecs/sys {r['matvecs']:8.0f}  cpu/sys {r['time']*1e3:9.1f} ms  wall/sys {r['wall']*1e3:9.1f} ms  "
-          f"max resid {r['max_residual']:.1e}  err vs spsolve {r['max_error_vs_spsolve']:.1e} {note}", flush=True)
+          f"max resid {r['max_residual']:.1e}  err vs spsolve {r['max_error_vs_spsolve']:.1e}  "
+          f"check {check} {note}", flush=True)
+
+
+def true_residuals(make, rhs):
+    """A jitted `(params, xs) -> ||rhs - A(p) x|| / ||rhs||` over a stack of systems: the
+    answer check of every solution a row returns, with the operator itself."""
+    bnorm = jnp.linalg.norm(rhs)
+    one = lambda p, x: jnp.linalg.norm(rhs - make(p).mv(x)) / bnorm
+    return jax.jit(lambda q, xs: jax.lax.map(lambda px: one(*px), (q, xs)))
 
 
 def run_case(name, args):
@@ -220,9 +245,11 @@ def run_case(name, args):
     refs = []
     rows = {}
 
-    def record(label, mv, clocks, sols, note="", per=1):
+    def record(label, mv, clocks, sols, note="", per=1, residuals=None):
         record_row(rows, label, mv, sum(c.cpu for c in clocks), sum(c.wall for c in clocks), sols, mats, b_np,
-                   refs, note=note, per=per)
+                   refs, note=note, per=per, residuals=residuals)
+
+    check = true_residuals(make, rhs)
 
     # scipy spsolve: the direct reference.
     times, sols = [], []
@@ -348,7 +375,7 @@ def run_case(name, args):
             fn = lambda q, s=solver: jl.solve_sequence(make, q, rhs, s, order="given", throw=False)
             out, t = time_sequence(fn, sub)
             xs, mv = out.value, out.stats["num_matvecs"]
-        record(label, np.asarray(mv), [t], list(xs[:P]), per=I)
+        record(label, np.asarray(mv), [t], list(xs[:P]), per=I, residuals=check(sub, xs))
     runs = [(rec, rec_name, order) for order in ("given", "similarity")]
     if not symmetric and args.gcrodr_cheap:
         # Session 5: the same solver with rarer harmonic-Ritz refreshes (each costs
@@ -371,7 +398,7 @@ def run_case(name, args):
         mv = np.asarray(out.stats["num_matvecs"])
         carried = float(np.mean(np.asarray(out.stats["carried"])))
         record(f"jaxnum {name_}, {order}", mv, [t], list(out.value[:P]),
-               note=f"(all {N}; carried {carried:.0%})", per=N)
+               note=f"(all {N}; carried {carried:.0%})", per=N, residuals=check(params, out.value))
     if args.warm_start:
         # Warm start along the similarity-ordered sequence (the minimal-residual
         # combination of the previous solutions), for the recycling solver and, to
@@ -388,8 +415,14 @@ def run_case(name, args):
             if "carried" in out.stats:
                 note += f"; carried {float(np.mean(np.asarray(out.stats['carried']))):.0%}"
             record(f"{label}, similarity + warm start({w})", mv, [t], list(out.value[:P]),
-                   note=note + ")", per=N)
+                   note=note + ")", per=N, residuals=check(params, out.value))
     return desc, rows
+
+
+def flag(*rows):
+    """A suffix for a ratio's name when a row in it failed its answer check."""
+    bad = [f"{r['label']}: {r['unconverged']}/{r['checked']}" for r in rows if r.get("unconverged")]
+    return f" [UNCONVERGED {'; '.join(bad)}]" if bad else ""
 
 
 def mv_ratio(a, b):
@@ -399,12 +432,22 @@ def mv_ratio(a, b):
     return float(np.median(a["per_system"][:n]) / np.median(b["per_system"][:n]))
 
 
+def put_mv(out, key, a, b):
+    """`out[key] = mv_ratio(a, b)`, the key flagged when a row failed its check."""
+    out[key + flag(a, b)] = mv_ratio(a, b)
+
+
 def time_ratio(out, key, a, b):
-    """`out[key] = time(a) / time(b)`; the key says so when the two rows' times are
-    per-system averages over different numbers of systems (not like for like)."""
+    """`out[key] = time(a) / time(b)` (CPU time) and `out["wall " + key]` (wall time,
+    what the issue's targets name; the two agree when the process has its core to
+    itself). The key says so when the two rows' times are per-system averages over
+    different numbers of systems (not like for like), or when a row failed its
+    answer check."""
     if a["systems"] != b["systems"]:
         key += f" [times over {a['systems']} vs {b['systems']} systems]"
+    key += flag(a, b)
     out[key] = a["time"] / b["time"]
+    out["wall " + key] = a["wall"] / b["wall"]
 
 
 def ratios(name, rows):
@@ -413,10 +456,10 @@ def ratios(name, rows):
         sim = rows["jaxnum GCRO-DR(40,20), similarity"]
         given = rows["jaxnum GCRO-DR(40,20), given"]
         nocarry = rows["jaxnum GCRO-DR(40,20), no carry"]
-        out["matvecs GMRES(40) / GCRO-DR sim"] = mv_ratio(rows["jaxnum GMRES(40)"], sim)
-        out["matvecs scipy GMRES(40) / GCRO-DR sim"] = mv_ratio(rows["scipy gmres(40)"], sim)
-        out["matvecs no-carry / sim"] = mv_ratio(nocarry, sim)
-        out["matvecs given / no-carry"] = mv_ratio(given, nocarry)
+        put_mv(out, "matvecs GMRES(40) / GCRO-DR sim", rows["jaxnum GMRES(40)"], sim)
+        put_mv(out, "matvecs scipy GMRES(40) / GCRO-DR sim", rows["scipy gmres(40)"], sim)
+        put_mv(out, "matvecs no-carry / sim", nocarry, sim)
+        put_mv(out, "matvecs given / no-carry", given, nocarry)
         time_ratio(out, "time lineax GMRES(40) / GCRO-DR sim", rows["lineax GMRES(40)"], sim)
         time_ratio(out, "time scipy GMRES(40) / GCRO-DR sim", rows["scipy gmres(40)"], sim)
         time_ratio(out, "time jax.scipy gmres / GCRO-DR sim", rows["jax.scipy gmres(40)"], sim)
@@ -426,11 +469,11 @@ def ratios(name, rows):
             tag = " (" + key.split("jaxnum ")[1].split(", similarity")[0] + ")"
             c = rows[key]
             own = rows.get(key.replace(", similarity", ", no carry"))
-            out[f"matvecs GMRES(40) / GCRO-DR sim{tag}"] = mv_ratio(rows["jaxnum GMRES(40)"], c)
+            put_mv(out, f"matvecs GMRES(40) / GCRO-DR sim{tag}", rows["jaxnum GMRES(40)"], c)
             if own is not None:  # the same (m, k, harvest_every) without carrying
-                out[f"matvecs no-carry / sim{tag}, same setting"] = mv_ratio(own, c)
+                put_mv(out, f"matvecs no-carry / sim{tag}, same setting", own, c)
             else:
-                out[f"matvecs no-carry / sim{tag}"] = mv_ratio(nocarry, c)
+                put_mv(out, f"matvecs no-carry / sim{tag}", nocarry, c)
             time_ratio(out, f"time lineax GMRES(40) / GCRO-DR sim{tag}", rows["lineax GMRES(40)"], c)
             time_ratio(out, f"time scipy GMRES(40) / GCRO-DR sim{tag}", rows["scipy gmres(40)"], c)
         coarse = [k for k in rows if "+ coarse(" in k and k.endswith(", similarity")]
@@ -439,10 +482,10 @@ def ratios(name, rows):
             tag = " (" + coarse[0].split("+ ")[1].split(", similarity")[0] + ")"
             gm = rows[next(k for k in rows if k.startswith("jaxnum GMRES(40) + coarse("))]
             nc = rows[coarse[0].replace(", similarity", ", no carry")]
-            out[f"matvecs GMRES(40) / GCRO-DR sim{tag}"] = mv_ratio(rows["jaxnum GMRES(40)"], c)
-            out[f"matvecs no-carry / sim{tag}, same setting"] = mv_ratio(nc, c)
-            out[f"matvecs GMRES(40){tag} / GCRO-DR sim{tag}"] = mv_ratio(gm, c)
-            out[f"matvecs GMRES(40) / GMRES(40){tag}"] = mv_ratio(rows["jaxnum GMRES(40)"], gm)
+            put_mv(out, f"matvecs GMRES(40) / GCRO-DR sim{tag}", rows["jaxnum GMRES(40)"], c)
+            put_mv(out, f"matvecs no-carry / sim{tag}, same setting", nc, c)
+            put_mv(out, f"matvecs GMRES(40){tag} / GCRO-DR sim{tag}", gm, c)
+            put_mv(out, f"matvecs GMRES(40) / GMRES(40){tag}", rows["jaxnum GMRES(40)"], gm)
             time_ratio(out, f"time lineax GMRES(40) / GCRO-DR sim{tag}", rows["lineax GMRES(40)"], c)
             time_ratio(out, f"time scipy GMRES(40) / GCRO-DR sim{tag}", rows["scipy gmres(40)"], c)
             time_ratio(out, f"time lineax GMRES(40) / GMRES(40){tag}", rows["lineax GMRES(40)"], gm)
@@ -450,9 +493,9 @@ def ratios(name, rows):
         if warm:
             sw = rows[warm[0]]
             gw = rows[next(k for k in rows if k.startswith("jaxnum GMRES(40), similarity + warm"))]
-            out["matvecs GMRES(40) / GCRO-DR sim+warm"] = mv_ratio(rows["jaxnum GMRES(40)"], sw)
-            out["matvecs no-carry / sim+warm"] = mv_ratio(nocarry, sw)
-            out["matvecs GMRES(40) sim+warm / GCRO-DR sim+warm"] = mv_ratio(gw, sw)
+            put_mv(out, "matvecs GMRES(40) / GCRO-DR sim+warm", rows["jaxnum GMRES(40)"], sw)
+            put_mv(out, "matvecs no-carry / sim+warm", nocarry, sw)
+            put_mv(out, "matvecs GMRES(40) sim+warm / GCRO-DR sim+warm", gw, sw)
             time_ratio(out, "time lineax GMRES(40) / GCRO-DR sim+warm", rows["lineax GMRES(40)"], sw)
             time_ratio(out, "time scipy GMRES(40) / GCRO-DR sim+warm", rows["scipy gmres(40)"], sw)
     else:
@@ -460,8 +503,8 @@ def ratios(name, rows):
         for key in sims:
             d = rows[key]
             tag = "" if key == sims[0] else " (" + key.split("jaxnum ")[1].split(", similarity")[0] + ")"
-            out[f"matvecs CG / DeflatedCG sim{tag}"] = mv_ratio(rows["jaxnum CG"], d)
-            out[f"matvecs lineax CG / DeflatedCG sim{tag}"] = mv_ratio(rows["lineax CG"], d)
+            put_mv(out, f"matvecs CG / DeflatedCG sim{tag}", rows["jaxnum CG"], d)
+            put_mv(out, f"matvecs lineax CG / DeflatedCG sim{tag}", rows["lineax CG"], d)
             time_ratio(out, f"time lineax CG / DeflatedCG sim{tag}", rows["lineax CG"], d)
             time_ratio(out, f"time scipy cg / DeflatedCG sim{tag}", rows["scipy cg"], d)
             time_ratio(out, f"time spsolve / DeflatedCG sim{tag}", rows["scipy spsolve"], d)
@@ -470,8 +513,8 @@ def ratios(name, rows):
         if warm:
             dw = rows[warm[0]]
             cw = rows[next(k for k in rows if k.startswith("jaxnum CG, similarity + warm"))]
-            out["matvecs CG / DeflatedCG sim+warm"] = mv_ratio(rows["jaxnum CG"], dw)
-            out["matvecs CG sim+warm / DeflatedCG sim+warm"] = mv_ratio(cw, dw)
+            put_mv(out, "matvecs CG / DeflatedCG sim+warm", rows["jaxnum CG"], dw)
+            put_mv(out, "matvecs CG sim+warm / DeflatedCG sim+warm", cw, dw)
             time_ratio(out, "time lineax CG / DeflatedCG sim+warm", rows["lineax CG"], dw)
     for k, v in out.items():
         print(f"  ratio {k:42s} {v:6.2f}")
@@ -529,9 +572,7 @@ def main():
         print(markdown(json.loads(last)))
         return
     print(f"jax {jax.__version__}, lineax {lx.__version__ if hasattr(lx, '__version__') else ''}, "
-          f"XLA_FLAGS={os.environ['XLA_FLAGS']!r}, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, "
-          f"backend {jax.default_backend()}, CPUs allowed {sorted(os.sched_getaffinity(0))} "
-          f"(pin the whole process with `taskset -c N` for a single-core comparison)")
+          f"backend {jax.default_backend()}; {_pin.describe()}")
     results = {}
     for name in args.cases:
         n_sys = args.systems

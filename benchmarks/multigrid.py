@@ -21,13 +21,10 @@ before its time counts. Process CPU time, single-threaded on every side.
     python benchmarks/multigrid.py --samples 50 --json
 """
 
-import os
 
-os.environ.setdefault(
-    "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-)
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+import _pin  # noqa: F401  (pins threads and the core before numpy/jax/torch)
+
+# isort: split
 
 import argparse
 import json

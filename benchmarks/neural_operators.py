@@ -29,8 +29,8 @@ every step taken from one optax schedule on both sides. The recipe of
 runs: it holds out the last k training samples and evaluates on those only.
 `--sides jaxnum` trains the jaxnum model only.
 
-Thread pinning (both sides): `XLA_FLAGS=--xla_cpu_multi_thread_eigen=false
-intra_op_parallelism_threads=1`, `OMP_NUM_THREADS=1`, `torch.set_num_threads(1)`.
+Thread pinning (both sides): `benchmarks/_pin.py` (`--xla_cpu_multi_thread_eigen=false`,
+`OMP_NUM_THREADS=1`, the process on one core), and `torch.set_num_threads(1)`.
 Datasets go to `--data` (default `/work/data`). `--json` prints one machine-readable
 line per result.
 """
@@ -60,9 +60,9 @@ if __name__ == "__main__" and _MALLOC == "tuned" and os.environ.get("GLIBC_TUNAB
 if __name__ == "__main__" and _MALLOC == "off":
     os.environ["JAXNUM_TUNE_MALLOC"] = "0"  # read when jaxnum is imported, below
 
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
-for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ.setdefault(_v, "1")
+import _pin  # noqa: F401  (pins threads and the core before numpy/jax/torch)
+
+# isort: split
 
 import equinox as eqx
 import jax

@@ -3,6 +3,10 @@ import json
 import sys
 import time
 
+import _pin  # noqa: F401  (pins threads and the core before numpy/jax)
+
+# isort: split
+
 import jax
 import jax.numpy as jnp
 import jax.random as jr

@@ -15,19 +15,19 @@ so its errors are against jaxnum's fine reference. For an accuracy target,
 each solver is timed at the largest step that meets it; the throughput ratio is
 peer CPU time / jaxnum CPU time (>= 1: jaxnum is no slower).
 
-Run with threads pinned (both sides alike):
+Threads are pinned alike for both sides by `benchmarks/_pin.py` (one thread, one core;
+`taskset -c N` picks the core):
 
-    XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
-    OMP_NUM_THREADS=1 python benchmarks/time_stepping.py [--quick] [--json]
+    python benchmarks/time_stepping.py [--quick] [--json]
 """
 
 import argparse
 import json
-import os
 import time
 
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+import _pin  # noqa: F401  (pins threads and the core before numpy/jax/torch)
+
+# isort: split
 
 import jax
 import jax.numpy as jnp

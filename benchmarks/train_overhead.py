@@ -5,20 +5,19 @@ shuffle) with the same optimiser; the bare loop gets its batches pre-sliced in m
 and does nothing but call the jitted step, so the difference is everything the
 trainer adds: batch reading and prefetch, per-step keys, progress bar, loss
 bookkeeping, history. Compilation is excluded on both sides (the first epoch is a
-warm-up). CPU time (`time.process_time`, all threads) with threads pinned.
+warm-up). CPU time (`time.process_time`, all threads) with threads pinned by `benchmarks/_pin.py`.
 
-    XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
-    OMP_NUM_THREADS=1 python benchmarks/train_overhead.py [--json]
+    python benchmarks/train_overhead.py [--json]
 """
 
 import argparse
 import json
-import os
 import sys
 import time
 
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+import _pin  # noqa: F401  (pins threads and the core before numpy/jax/torch)
+
+# isort: split
 
 import equinox as eqx
 import jax
