@@ -64,3 +64,10 @@ def laplacian_2d(n, h):
     t = sp.diags([-np.ones(n - 1), 2 * np.ones(n), -np.ones(n - 1)], [-1, 0, 1]) / h**2
     eye = sp.identity(n)
     return (sp.kron(t, eye) + sp.kron(eye, t)).tocsr()
+
+
+def spd_with_small_cluster(rng, n, small=6):
+    """SPD with `small` well-separated small eigenvalues (what deflation is for)."""
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    ev = np.concatenate([np.geomspace(1e-4, 1e-3, small), np.geomspace(1e-2, 1.0, n - small)])
+    return (q * ev) @ q.T

@@ -8,7 +8,7 @@ import scipy.sparse.linalg as spla
 
 import jaxnum.linalg as jl
 
-from .helpers import counting_operator, random_matrix, to_scipy
+from .helpers import counting_operator, random_matrix, spd_with_small_cluster, to_scipy
 
 RTOL = 1e-10
 NONSYM = [
@@ -268,14 +268,27 @@ def test_gradient_through_linear_solve_matches_finite_differences(name, make):
 def test_jit_vmap_without_recompiling(name, make):
     rng = np.random.default_rng(7)
     A = random_matrix(rng, 30, "spd", cond=20.0)
-    op = lx.MatrixLinearOperator(jnp.asarray(A), lx.positive_semidefinite_tag)
-    solver = make()
-    f = jax.jit(jax.vmap(lambda b: lx.linear_solve(op, b, solver).value))
+    A2 = random_matrix(rng, 30, "spd", cond=20.0)
+    # The operator and the solver are arguments: a second call with other values of
+    # the same structure (another matrix, another tolerance, as arrays) must reuse
+    # the compiled program.
+    solver = eqx.tree_at(lambda s: (s.rtol, s.atol), make(), (jnp.asarray(RTOL), jnp.asarray(0.0)))
+    f = eqx.filter_jit(
+        eqx.filter_vmap(lambda op, s, b: lx.linear_solve(op, b, s).value, in_axes=(None, None, 0))
+    )
     B = jnp.asarray(rng.standard_normal((3, 30)))
-    X = f(B)
+    op = lx.MatrixLinearOperator(jnp.asarray(A), lx.positive_semidefinite_tag)
+    X = f(op, solver, B)
     np.testing.assert_allclose(np.asarray(X), np.linalg.solve(A, np.asarray(B).T).T, rtol=1e-7)
-    f(B + 1.0)
-    assert f._cache_size() == 1
+    # (Equinox shares one jax cache between the parametrized copies of the lambda.)
+    compiled = f._cached._cache_size()
+    op2 = lx.MatrixLinearOperator(jnp.asarray(A2), lx.positive_semidefinite_tag)
+    loose = eqx.tree_at(lambda s: s.rtol, solver, jnp.asarray(1e-6))
+    X2 = f(op2, loose, B + 1.0)
+    ref2 = np.linalg.solve(A2, np.asarray(B + 1.0).T).T
+    err = np.linalg.norm(np.asarray(X2) - ref2) / np.linalg.norm(ref2)
+    assert 1e-12 < err < 1e-5  # the new values were used: the looser tolerance shows
+    assert f._cached._cache_size() == compiled
 
 
 @pytest.mark.parametrize("name,make", ALL)
@@ -368,13 +381,6 @@ def test_long_restart_cycles_converge_on_a_pde_matrix():
 
 
 # ------------------------------------------------------- session 4: cheaper deflation
-def _spd_with_small_cluster(rng, n, small=6):
-    """SPD with `small` well-separated small eigenvalues (what deflation is for)."""
-    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
-    ev = np.concatenate([np.geomspace(1e-4, 1e-3, small), np.geomspace(1e-2, 1.0, n - small)])
-    return (q * ev) @ q.T
-
-
 def _two_leaf_system(op, b, tags=()):
     """`op`'s matrix as a two-leaf PyTree operator (the flat path through the
     Flattener) and `b` split to match."""
@@ -421,7 +427,7 @@ def test_deflated_cg_harvest_every_space_and_counts():
     # counted (a counting operator counts batched products per column).
     rng = np.random.default_rng(21)
     n, k = 120, 4
-    A0 = _spd_with_small_cluster(rng, n, small=k)
+    A0 = spd_with_small_cluster(rng, n, small=k)
     E = rng.standard_normal((n, n))
     solver = jl.DeflatedCG(rtol=1e-9, atol=0.0, recycle=k, harvest=3 * k,
                            harvest_every=3, adaptive=False)

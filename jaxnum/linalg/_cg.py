@@ -386,6 +386,15 @@ class CG(lx.AbstractLinearSolver):
         return True
 
 
+def cg_sign(operator) -> float:
+    """`-1.0` for an operator tagged negative (and not positive) semidefinite, else
+    `1.0`: CG iterates with the positive semidefinite `sign * A`, and everything
+    built from its iteration (deflation spaces, Ritz values) must use the same sign."""
+    if lx.is_negative_semidefinite(operator) and not lx.is_positive_semidefinite(operator):
+        return -1.0
+    return 1.0
+
+
 def run_cg(
     solver, operator, vector, options, name, W=None, AW=None, harvest=0, ritz=0, mv0=0,
     harvest_windows=None, harvest_keep=None, harvest_on=None, every_step=True,
@@ -403,9 +412,8 @@ def run_cg(
     matvec = vec_matvec(operator, flat)
     precond = vec_precond(preconditioner, flat)
     b = flat.to_vec(vector).reshape(shape)
-    sign = 1.0
-    if lx.is_negative_semidefinite(operator) and not lx.is_positive_semidefinite(operator):
-        sign = -1.0  # solve (-A) x = -b
+    sign = cg_sign(operator)
+    if sign < 0:  # solve (-A) x = -b
         base_matvec, base_precond = matvec, precond
         matvec = lambda x: -base_matvec(x)
         if preconditioner is not None:

@@ -10,7 +10,7 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array
 
-from ._cg import check_spd_operator, run_cg
+from ._cg import cg_sign, check_spd_operator, run_cg
 from ._coarse import (
     block_sum,
     check_coarse_blocks,
@@ -327,6 +327,7 @@ class DeflatedCG(lx.AbstractLinearSolver):
             return x, result, stats
         matvec = vec_matvec(operator, flat)
         shape = flat.vec_shape
+        sign = cg_sign(operator)  # run_cg applies it to `AW` itself; `refine` must too
 
         def block_matvec(block):  # A @ block for (n, k), in the operator's own shape
             return batched_matvec(matvec, block, shape)
@@ -358,7 +359,12 @@ class DeflatedCG(lx.AbstractLinearSolver):
 
         def refine(W, AW, Y):
             # Rayleigh-Ritz on [W, Y]: `A Y` costs k products (one batched product).
-            return ritz_harvest(W, AW, Y, block_matvec(Y), k)
+            # It runs on the operator CG iterated with, `sign * A` (SPD), so that the
+            # kept vectors are those of its smallest eigenvalues; for an operator
+            # tagged negative semidefinite the raw `A` would pick those of largest
+            # magnitude instead. The image is stored for `A` itself (`A W`).
+            W_new, SAW_new, ok = ritz_harvest(W, sign * AW, Y, sign * block_matvec(Y), k)
+            return W_new, sign * SAW_new, ok
 
         def fresh(W, AW, Y):
             norms = jnp.linalg.norm(Y, axis=0)

@@ -11,6 +11,7 @@ import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import lineax as lx
+import numpy as np
 from jaxtyping import Array, Float, Int, PyTree
 
 from ._recycle import RecycleSpace
@@ -89,6 +90,57 @@ def _default_features(params, N):
     )
 
 
+def _check_permutation(order, N: int) -> Int[Array, " N"]:
+    """A user's `order`, checked to be a permutation of `range(N)`.
+
+    A repeated or missing index would hand one system's solution back in another
+    system's place (through the inverse permutation) with a successful result, so a
+    concrete `order` is checked at trace time and a traced one at run time
+    (`eqx.error_if`, whatever `throw` says: it is wrong input, not a failed solve).
+    """
+    traced = isinstance(order, jax.core.Tracer)
+    if not traced:
+        order = np.asarray(order)
+    shape, dtype = order.shape, order.dtype
+    if shape != (N,):
+        raise ValueError(
+            f"`order` must be a permutation of range({N}), an integer array of shape "
+            f"({N},) (one entry per system); got shape {shape}."
+        )
+    if not np.issubdtype(dtype, np.integer):
+        raise ValueError(
+            f"`order` must be a permutation of range({N}) with an integer dtype; got "
+            f"dtype {dtype}. Pass e.g. `jnp.argsort(keys)`."
+        )
+    if traced:
+        perm = order.astype(jnp.int32)
+        valid = jnp.all(jnp.sort(perm) == jnp.arange(N, dtype=jnp.int32))
+        return eqx.error_if(
+            perm,
+            ~valid,
+            f"solve_sequence: `order` is not a permutation of range({N}) (an index "
+            "is repeated, missing or out of range); every system must appear exactly "
+            "once.",
+        )
+    outside = (order < 0) | (order >= N)
+    counts = np.bincount(order[~outside], minlength=N)
+    if np.any(outside) or np.any(counts != 1):
+        problems = [
+            f"{label} {items[:8].tolist()}{' ...' if items.size > 8 else ''}"
+            for label, items in (
+                ("out of range", np.unique(order[outside])),
+                ("repeated", np.flatnonzero(counts > 1)),
+                ("missing", np.flatnonzero(counts == 0)),
+            )
+            if items.size
+        ]
+        raise ValueError(
+            f"`order` must be a permutation of range({N}), every system exactly once; "
+            f"got {', '.join(problems)}."
+        )
+    return jnp.asarray(order, jnp.int32)
+
+
 def solve_sequence(
     make_operator: Callable[[Any], lx.AbstractLinearOperator],
     params: PyTree[Array],
@@ -118,7 +170,9 @@ def solve_sequence(
         independently.
     - `order`: `"similarity"` orders the systems greedily by nearest neighbour in
         feature space first (Wang et al. 2024); `"given"` keeps the caller's order;
-        or pass a permutation.
+        or pass a permutation of `range(N)` (an integer array: system `order[t]` is
+        solved `t`-th). A concrete one that is not a permutation raises a
+        `ValueError`; a traced one raises at run time (even with `throw=False`).
     - `features`: `p -> vector` or an array `(N, d)`; default: the flattened `params`.
     - `preconditioner`: `operator -> preconditioner` (e.g. `jaxnum.linalg.jacobi`),
         built per system.
@@ -189,9 +243,7 @@ def solve_sequence(
         else:
             raise ValueError(f"`order` must be 'similarity', 'given' or a permutation; got {order!r}.")
     else:
-        perm = jnp.asarray(order, jnp.int32)
-        if perm.shape != (N,):
-            raise ValueError(f"A permutation `order` must have shape ({N},); got {perm.shape}.")
+        perm = _check_permutation(order, N)
     recycles = hasattr(solver, "empty_recycle")
     chunk = -(-N // num_chunks)
     padded = jnp.concatenate([perm, jnp.full(chunk * num_chunks - N, perm[-1], jnp.int32)])

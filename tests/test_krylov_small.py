@@ -1,0 +1,327 @@
+"""Small default-suite variants of the slow linalg tests (session 11): bad input,
+non-convergence, honest product counts, recycle-space invariants with the default
+settings, exact restart counts, and gradients with a carried space.
+
+Kept apart from `test_krylov.py` so that the two files run on different workers
+(`pytest -n 2 --dist loadfile`); the tests here share one compiled program per
+solver (see below).
+"""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import lineax as lx
+import numpy as np
+import pytest
+
+import jaxnum.linalg as jl
+
+from .helpers import random_matrix, spd_with_small_cluster
+
+RTOL = 1e-10
+
+
+@eqx.filter_jit
+def _solve_jit(op, b, solver, options):
+    return lx.linear_solve(op, b, solver, options=options, throw=False)
+
+
+# ------------------------------------------- small default-suite variants (session 11)
+# Every test below solves systems of SMALL unknowns through `_solve_jit` with the
+# solvers of `_small_solver` and operators from `_counted`, which all share one
+# structure: each solver compiles once (twice with `throw=True`) for the whole
+# module. `max_steps` is an array (traced, not static), so the non-convergence
+# checks reuse the same program.
+SMALL = 64  # 8 x 8 grids
+_MATVECS = [0]
+
+
+def _tally(x):
+    _MATVECS[0] += 1  # under `vmap` the callback runs once per column
+
+
+def _tally_identity(x):
+    jax.debug.callback(_tally, x)
+    return x
+
+
+_TALLY = lx.FunctionLinearOperator(_tally_identity, jax.ShapeDtypeStruct((SMALL,), jnp.float64))
+
+
+def _counted(A, tags=()):
+    """`A` as an operator that adds every application to `_MATVECS[0]`."""
+    return lx.TaggedLinearOperator(_TALLY @ lx.MatrixLinearOperator(jnp.asarray(A)), tags)
+
+
+def _small_solver(name, max_steps=10 * SMALL):
+    steps = jnp.asarray(max_steps)
+    return {
+        "gmres": lambda: jl.GMRES(rtol=RTOL, atol=0.0, restart=8, max_steps=steps),
+        "gcrodr": lambda: jl.GCRODR(rtol=RTOL, atol=0.0, restart=16, recycle=6, max_steps=steps),
+        "cg": lambda: jl.CG(rtol=RTOL, atol=0.0, max_steps=steps),
+        "dcg": lambda: jl.DeflatedCG(rtol=RTOL, atol=0.0, recycle=6, max_steps=steps),
+    }[name]()
+
+
+def _small_tags(name):
+    return lx.positive_semidefinite_tag if name in ("cg", "dcg") else ()
+
+
+@eqx.filter_jit
+def _solve_throw_jit(op, b, solver, options):
+    return lx.linear_solve(op, b, solver, options=options, throw=True)
+
+
+def _small_solve(op, b, solver, space=None, throw=False):
+    """One solve; recycling solvers always get a space (empty without `space`), so
+    that first and carried solves share a program."""
+    options = {}
+    if hasattr(solver, "empty_recycle"):
+        options["recycle"] = solver.empty_recycle(op) if space is None else space
+    sol = (_solve_throw_jit if throw else _solve_jit)(op, jnp.asarray(b), solver, options)
+    jax.block_until_ready(sol.value)
+    return sol
+
+
+def _counted_solve(op, b, solver, space=None):
+    """`_small_solve` and the number of operator applications it made."""
+    jax.effects_barrier()
+    _MATVECS[0] = 0
+    sol = _small_solve(op, b, solver, space)
+    jax.effects_barrier()
+    return sol, _MATVECS[0]
+
+
+@pytest.mark.parametrize("name", ["gmres", "gcrodr", "cg", "dcg"])
+def test_small_nonfinite_input_and_nonconvergence_are_reported(name):
+    A = np.diag(np.linspace(1.0, 6.0, SMALL))
+    op = _counted(A, _small_tags(name))
+    solver, few = _small_solver(name), _small_solver(name, max_steps=3)
+    b = jnp.ones(SMALL)
+    bad = b.at[3].set(jnp.nan)
+    sol = _small_solve(op, bad, solver)
+    assert sol.result == lx.RESULTS.nonfinite_input
+    sol = _small_solve(op, b, few)
+    assert sol.result == lx.RESULTS.max_steps_reached
+    assert float(sol.stats["residual"]) > 1e-3
+    # throw=True: a success passes, both failures raise.
+    sol = _small_solve(op, b, solver, throw=True)
+    np.testing.assert_allclose(np.asarray(sol.value), 1.0 / np.diag(A), rtol=1e-8)
+    with pytest.raises(Exception, match="non-finite|nonfinite|NaN|inf"):
+        _small_solve(op, bad, solver, throw=True)
+    with pytest.raises(Exception, match="maximum number of solver steps"):
+        _small_solve(op, b, few, throw=True)
+
+
+@pytest.mark.parametrize("name", ["gmres", "gcrodr", "cg", "dcg"])
+def test_small_matvec_count_is_honest(name):
+    # Two related systems; the recycling solvers carry the first one's space into
+    # the second, whose count must include the `recycle` products that re-project
+    # it for the new operator (and, for DeflatedCG, the Rayleigh-Ritz products).
+    rng = np.random.default_rng(13)
+    kind = "spd" if name in ("cg", "dcg") else "nonsymmetric"
+    A = random_matrix(rng, SMALL, kind, cond=10.0)
+    solver = _small_solver(name)
+    space = None
+    for i in range(2):
+        A_i = A + 0.01 * i * np.eye(SMALL)
+        b = rng.standard_normal(SMALL)
+        sol, count = _counted_solve(_counted(A_i, _small_tags(name)), b, solver, space)
+        assert sol.result == lx.RESULTS.successful
+        np.testing.assert_allclose(np.asarray(sol.value), np.linalg.solve(A_i, b), rtol=1e-7)
+        assert int(sol.stats["num_matvecs"]) == count
+        if "recycle" in sol.stats:
+            assert bool(sol.stats["carried"]) == (i == 1)
+            space = sol.stats["recycle"]
+    if name in ("gcrodr", "dcg"):
+        assert count > 6  # the re-projection alone costs `recycle` = 6 products
+
+
+def test_small_gcrodr_space_invariants_and_benefit():
+    # The default settings (one classical Gram-Schmidt pass): after every solve of a
+    # short sequence, A U = C for the operator just solved and C is orthonormal.
+    rng = np.random.default_rng(14)
+    n, k = 8, 6
+    a = np.exp(0.5 * rng.standard_normal((n, n)))
+    v = 8 * rng.standard_normal((2, n, n))
+    solver = _small_solver("gcrodr")
+    space, counts = None, []
+    for i in range(3):
+        op = jl.convection_diffusion_operator(jnp.asarray(a * (1 + 0.02 * i)), jnp.asarray(v))
+        A = np.asarray(op.as_matrix())
+        b = rng.standard_normal(SMALL)
+        sol = _small_solve(_counted(A), b, solver, space)
+        assert sol.result == lx.RESULTS.successful
+        np.testing.assert_allclose(np.asarray(sol.value), np.linalg.solve(A, b), rtol=1e-7)
+        assert bool(sol.stats["carried"]) == (i > 0)
+        space = sol.stats["recycle"]
+        U, C = np.asarray(space.basis), np.asarray(space.image)
+        np.testing.assert_allclose(A @ U, C, atol=1e-9 * np.abs(A).max() * np.abs(U).max())
+        np.testing.assert_allclose(C.T @ C, np.eye(k), atol=1e-10)
+        counts.append(int(sol.stats["num_matvecs"]))
+    assert max(counts[1:]) < counts[0], counts  # recycling pays on related systems
+
+
+def test_small_deflated_cg_space_invariants_positive_and_negative_definite():
+    # The same SPD sequence (a cluster of small eigenvalues, what deflation is for)
+    # solved as A x = b tagged PSD and as (-A) x = -b tagged NSD. CG iterates with
+    # -A in the second case, so the Rayleigh-Ritz refinement of the carried space
+    # must too: then both give the same spaces and the same products per solve.
+    # (Before session 11 the refinement used the NSD operator itself, kept the
+    # eigenvectors of the *largest* eigenvalues of -A, and lost the benefit.)
+    rng = np.random.default_rng(15)
+    A0 = spd_with_small_cluster(rng, SMALL, small=4)
+    E = rng.standard_normal((SMALL, SMALL))
+    mats = [A0 + 1e-5 * (i + 1) * (E @ E.T) / SMALL for i in range(4)]
+    b = rng.standard_normal(SMALL)
+    counts = {}
+    for sign, tag in ((1.0, lx.positive_semidefinite_tag), (-1.0, lx.negative_semidefinite_tag)):
+        solver = _small_solver("dcg")
+        space, counts[sign] = None, []
+        for i, A in enumerate(mats):
+            sol = _small_solve(_counted(sign * A, tag), sign * b, solver, space)
+            assert sol.result == lx.RESULTS.successful
+            ref = np.linalg.solve(A, b)
+            assert np.linalg.norm(np.asarray(sol.value) - ref) <= 1e-5 * np.linalg.norm(ref)
+            assert float(sol.stats["residual"]) <= RTOL * 1.0001
+            assert bool(sol.stats["carried"]) == (i > 0)
+            space = sol.stats["recycle"]
+            counts[sign].append(int(sol.stats["num_matvecs"]))
+            if i == 0:
+                continue
+            W, AW = np.asarray(space.basis), np.asarray(space.image)
+            # The image is that of the operator itself; unit columns.
+            np.testing.assert_allclose(sign * A @ W, AW, atol=1e-10 * np.abs(A).max())
+            np.testing.assert_allclose(np.linalg.norm(W, axis=0), 1.0, rtol=1e-10)
+            # Ritz vectors of the smallest eigenvalues of the SPD A = sign * operator.
+            ev = np.linalg.eigvalsh(A)
+            rq = np.sort(np.diag(W.T @ A @ W))
+            np.testing.assert_allclose(rq[:4], ev[:4], rtol=0.05)
+    psd, nsd = np.asarray(counts[1.0]), np.asarray(counts[-1.0])
+    assert np.all(psd[1:] < 0.9 * psd[0]), psd  # deflation pays (measured 108 -> 80)
+    assert np.all(nsd[1:] < 0.9 * nsd[0]), nsd
+    assert np.all(np.abs(nsd - psd) <= 2), (psd, nsd)
+
+
+def test_gmres_num_restarts_counts_cycles():
+    # GMRES(m) against a plain numpy GMRES(m) (Arnoldi with modified Gram-Schmidt,
+    # least squares by `lstsq`, exact residual after each step): the same number of
+    # cycles, and the products add up: (cycles - 1) full cycles of m, the steps of
+    # the last one, and the one true residual that confirms convergence.
+    m = 8
+    A = np.diag(np.linspace(1.0, 6.0, SMALL))
+    b = np.ones(SMALL)
+
+    def reference():
+        x, r, tol = np.zeros(SMALL), b.copy(), RTOL * np.linalg.norm(b)
+        for cycle in range(1, 100):
+            beta = np.linalg.norm(r)
+            V, H = np.zeros((SMALL, m + 1)), np.zeros((m + 1, m))
+            V[:, 0] = r / beta
+            for j in range(m):
+                w = A @ V[:, j]
+                for i in range(j + 1):
+                    H[i, j] = V[:, i] @ w
+                    w = w - H[i, j] * V[:, i]
+                H[j + 1, j] = np.linalg.norm(w)
+                V[:, j + 1] = w / H[j + 1, j]
+                y = np.linalg.lstsq(H[: j + 2, : j + 1], beta * np.eye(j + 2)[0], rcond=None)[0]
+                if np.linalg.norm(r - A @ (V[:, : j + 1] @ y)) <= tol:
+                    return cycle, j + 1
+            x = x + V[:, :m] @ y
+            r = b - A @ x
+        raise AssertionError("the reference did not converge")
+
+    cycles, last = reference()
+    assert cycles >= 3
+    sol = _small_solve(_counted(A), b, _small_solver("gmres"))
+    assert sol.result == lx.RESULTS.successful
+    assert int(sol.stats["num_restarts"]) == cycles - 1
+    assert int(sol.stats["num_matvecs"]) == (cycles - 1) * m + last + 1
+
+
+@pytest.mark.parametrize(
+    "case", ["dtype", "inf-rhs", "nan-operator", "breakdown-throw", "sequence-throw"]
+)
+def test_bad_input_is_reported(case):
+    rng = np.random.default_rng(16)
+    A = random_matrix(rng, SMALL, "nonsymmetric", cond=10.0)
+    b = jnp.asarray(rng.standard_normal(SMALL))
+    if case == "dtype":
+        with pytest.raises(ValueError, match="structures do not match.*float32"):
+            _small_solve(_counted(A), b.astype(jnp.float32), _small_solver("gmres"))
+    elif case == "inf-rhs":
+        sol = _small_solve(_counted(A), b.at[5].set(jnp.inf), _small_solver("gmres"))
+        assert sol.result == lx.RESULTS.nonfinite_input
+    elif case == "nan-operator":
+        A[7, 3] = np.nan
+        sol = _small_solve(_counted(A), b, _small_solver("gmres"))
+        assert sol.result != lx.RESULTS.successful
+        assert sol.result == lx.RESULTS.breakdown
+        assert not np.isfinite(float(sol.stats["residual"]))
+    elif case == "breakdown-throw":
+        # An indefinite matrix falsely tagged PSD: CG meets p^T A p <= 0.
+        D = np.diag(np.linspace(1.0, 4.0, SMALL))
+        D[1, 1] = -1.0
+        rhs = np.zeros(SMALL)
+        rhs[1] = 1.0
+        op = _counted(D, lx.positive_semidefinite_tag)
+        assert _small_solve(op, rhs, _small_solver("cg")).result == lx.RESULTS.breakdown
+        with pytest.raises(Exception, match="breakdown"):
+            _small_solve(op, rhs, _small_solver("cg"), throw=True)
+    elif case == "sequence-throw":
+        params = jnp.asarray([1.0, 2.0, 0.0])  # the last system is singular (A = 0)
+        make = lambda p: lx.MatrixLinearOperator(p * jnp.eye(4))
+        solver = jl.GMRES(1e-8, 0.0, restart=4)
+        seq = jl.solve_sequence(make, params, jnp.ones(4), solver, order="given", throw=False)
+        ok = np.asarray(seq.result == lx.RESULTS.successful)
+        np.testing.assert_array_equal(ok, [True, True, False])
+        with pytest.raises(Exception, match="solve_sequence: at least one system"):
+            jax.block_until_ready(
+                jl.solve_sequence(make, params, jnp.ones(4), solver, order="given").value
+            )
+
+
+@pytest.mark.parametrize(
+    "symmetric",
+    # 8 s (GCRO-DR compiled twice: with the space, and transposed without it): slow.
+    [pytest.param(False, marks=pytest.mark.slow), True],
+    ids=["nonsymmetric", "symmetric"],
+)
+def test_gradient_through_a_gcrodr_solve_with_a_carried_space(symmetric):
+    # lineax differentiates a solve by a solve with the transposed operator, through
+    # `GCRODR.transpose`: it must drop a carried space for a non-symmetric operator
+    # (U, C belong to A, not A^T) and may keep it for a symmetric one. Either way
+    # the gradient of a loss of x(theta) matches central finite differences.
+    rng = np.random.default_rng(17)
+    n = 6
+    a0 = jnp.asarray(np.exp(0.3 * rng.standard_normal((n, n))))
+    v = jnp.asarray(5 * rng.standard_normal((2, n, n)))
+    target = jnp.asarray(rng.standard_normal((n, n)))
+    solver = jl.GCRODR(rtol=1e-11, atol=0.0, restart=12, recycle=4, adaptive=False)
+
+    def make(theta):
+        a = a0 * jnp.exp(theta)
+        return jl.diffusion_operator(a) if symmetric else jl.convection_diffusion_operator(a, v)
+
+    @jax.jit
+    def value_and_grad(theta, space):
+        def loss(theta):
+            sol = lx.linear_solve(make(theta), jnp.ones((n, n)), solver, options={"recycle": space})
+            return jnp.sum((sol.value - target) ** 2), (sol.stats["recycle"], sol.stats["carried"])
+
+        return jax.value_and_grad(loss, has_aux=True)(theta)
+
+    theta = jnp.asarray(0.1 * rng.standard_normal((n, n)))
+    d = jnp.asarray(rng.standard_normal((n, n)))
+    # A real space, harvested from a nearby operator.
+    (_, (space, carried)), _ = value_and_grad(theta + 0.05, solver.empty_recycle(make(theta)))
+    assert bool(space.active) and not bool(carried)
+    _, transposed = solver.transpose(make(theta), {"recycle": space})
+    assert ("recycle" in transposed) == symmetric
+    (_, (_, carried)), g = value_and_grad(theta, space)
+    assert bool(carried)
+    (plus, _), _ = value_and_grad(theta + 1e-6 * d, space)
+    (minus, _), _ = value_and_grad(theta - 1e-6 * d, space)
+    np.testing.assert_allclose(jnp.vdot(g, d), (plus - minus) / 2e-6, rtol=1e-6)
+    assert value_and_grad._cache_size() == 1
