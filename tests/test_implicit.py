@@ -116,8 +116,56 @@ def test_custom_fixed_point_and_approximate_adjoints():
     # Long Neumann series and truncated unrolls converge; short ones are biased.
     assert errors[repr(ji.Neumann(40))] < 1e-10
     assert errors[repr(ji.TruncatedUnroll(40))] < 1e-10
-    assert errors[repr(ji.Neumann(2))] > 1e-4
-    assert errors[repr(ji.OneStep())] > errors[repr(ji.Neumann(2))]
+    # The short ones against their closed forms (the Jacobians are diagonal here):
+    # OneStep gives -F_a = T_a, Neumann(2) (T_x^0 + T_x^1 + T_x^2) T_a.
+    x = solver(x0, a)
+    sech2 = 1 - jnp.tanh(a * x) ** 2
+    t_x, t_a = 0.5 * sech2 * a, 0.5 * sech2 * x
+    np.testing.assert_allclose(errors[repr(ji.OneStep())], jnp.max(jnp.abs(t_a - exact)), rtol=1e-8)
+    np.testing.assert_allclose(errors[repr(ji.Neumann(2))],
+                               jnp.max(jnp.abs((1 + t_x + t_x**2) * t_a - exact)), rtol=1e-8)
+    assert errors[repr(ji.OneStep())] > errors[repr(ji.Neumann(2))] > 1e-4
+
+
+def test_approximate_adjoints_closed_forms_on_a_linear_problem():
+    # F(x, theta) = A x - B theta, A nonsymmetric: dx/dtheta = A^{-1} B exactly;
+    # OneStep(alpha) gives -alpha F_theta = alpha B and Neumann(k, alpha) the
+    # truncated series alpha sum_{i<=k} (I - alpha A)^i B. Forward mode applies the
+    # series, reverse mode its transpose: both must give these matrices.
+    rng = np.random.default_rng(11)
+    n, p = 4, 3
+    A = np.eye(n) * 2.0 + 0.4 * rng.standard_normal((n, n))
+    B = rng.standard_normal((n, p))
+    A_, B_ = jnp.asarray(A), jnp.asarray(B)
+    theta = jnp.asarray(rng.standard_normal(p))
+    alpha = 0.3
+    assert np.max(np.abs(np.linalg.eigvals(np.eye(n) - alpha * A))) < 1
+
+    M = np.eye(n) - alpha * A
+    series = lambda k: alpha * sum(np.linalg.matrix_power(M, i) for i in range(k + 1)) @ B
+    cases = (
+        (ji.OneStep(alpha), alpha * B),
+        (ji.Neumann(0, alpha), alpha * B),
+        (ji.Neumann(3, alpha), series(3)),
+        (ji.Neumann(200, alpha), np.linalg.solve(A, B)),
+        (ji.ImplicitAdjoint(), np.linalg.solve(A, B)),
+    )
+
+    @jax.jit  # one compilation for all cases
+    def jacobians(theta):
+        out = []
+        for adjoint, _ in cases:
+            @ji.custom_root(lambda x, t: A_ @ x - B_ @ t, adjoint=adjoint)
+            def solve(init, t):
+                return jnp.linalg.solve(A_, B_ @ t)
+
+            f = lambda t, solve=solve: solve(None, t)
+            out.append((jax.jacfwd(f)(theta), jax.jacrev(f)(theta)))
+        return out
+
+    for (adjoint, ref), (fwd, rev) in zip(cases, jacobians(theta)):
+        np.testing.assert_allclose(fwd, ref, rtol=1e-9, atol=1e-12, err_msg=repr(adjoint))
+        np.testing.assert_allclose(rev, ref, rtol=1e-9, atol=1e-12, err_msg=repr(adjoint))
 
 
 def test_optimality_shape_mismatch_is_a_clear_error():
@@ -140,19 +188,29 @@ def test_optimality_shape_mismatch_is_a_clear_error():
         ji.minimise(lambda w, a: jnp.sum(w**2), ji.Anderson(rtol=0, atol=1e-8), jnp.zeros(3), None)
 
 
-def test_gradient_wrt_integer_argument_is_refused():
+def test_integer_inputs_refused_where_a_derivative_is_asked():
+    # `jax.grad(loss)(3)` would be JAX's own refusal, before jaxnum runs: here the
+    # two places where jaxnum itself must refuse integers say what to do.
     X, y = _ridge_data()
 
     def inner(w, k):
         return 0.5 * jnp.sum((X @ w - y) ** 2) + 0.5 * k * jnp.sum(w**2)
 
-    def loss(k):
-        return ji.minimise(inner, ji.LBFGS(rtol=0, atol=1e-10), jnp.zeros(X.shape[1]), k).value.sum()
+    solver = ji.LBFGS(rtol=0, atol=1e-10)
+    # Integer unknowns: the solution and its derivative live in a continuous space.
+    with pytest.raises(TypeError, match="`y0` must hold floating arrays.*Cast it"):
+        ji.minimise(inner, solver, jnp.zeros(X.shape[1], jnp.int32), 1.0)
+    # Integer hyperparameters of an explicit hypergradient.
+    w = _ridge_closed(X, y, jnp.full(X.shape[1], 3.0))
+    with pytest.raises(TypeError, match="`params` is what the gradient is taken with respect to.*Cast it"):
+        ji.hypergradient(lambda w, k: jnp.sum(w), jax.grad(inner), w, jnp.asarray(3), symmetric=True)
 
-    with pytest.raises(TypeError):
-        jax.grad(loss)(3)
     # Integer arguments themselves are fine (treated as non-differentiable).
-    assert jnp.isfinite(jax.jit(loss)(3))
+    def loss(k):
+        return ji.minimise(inner, solver, jnp.zeros(X.shape[1]), k).value.sum()
+
+    np.testing.assert_allclose(jax.jit(loss)(3), jnp.sum(_ridge_closed(X, y, jnp.full(X.shape[1], 3.0))),
+                               rtol=1e-8)
 
 
 def test_failed_adjoint_solve_raises_not_wrong_gradient():
@@ -265,3 +323,99 @@ def test_default_spd_adjoint_solve_against_numpy():
     indefinite = op(jnp.asarray((Q * np.linspace(-1.0, 2.0, n)) @ Q.T))
     with pytest.raises(Exception, match="non-positive curvature"):
         jax.block_until_ready(spd_solve(indefinite, b, preconditioner=None, rtol=1e-12, max_steps=None))
+
+
+def _spd(seed, eigenvalues):
+    rng = np.random.default_rng(seed)
+    Q, _ = np.linalg.qr(rng.standard_normal((len(eigenvalues), len(eigenvalues))))
+    return jnp.asarray((Q * np.asarray(eigenvalues)) @ Q.T)
+
+
+def test_divergent_neumann_series_raises():
+    # Hessian eigenvalues up to 3: with the default alpha = 1 the series
+    # sum (I - A)^i diverges (|1 - 3| = 2). Regression: it used to return ~1e12
+    # (1e31 at larger k) silently.
+    A = _spd(0, [0.5, 1.0, 2.0, 3.0])
+    b = jnp.asarray([1.0, -0.5, 0.3, 0.8])
+    solver = ji.LBFGS(rtol=0, atol=1e-12)
+
+    def loss(b, adjoint):
+        return jnp.sum(ji.minimise(lambda w, b: 0.5 * w @ (A @ w) - b @ w, solver, jnp.zeros(4), b,
+                                   adjoint=adjoint).value)
+
+    bad = ji.Neumann(40)
+    with pytest.raises(Exception, match="smaller `alpha`"):
+        jax.block_until_ready(jax.grad(loss)(b, bad))
+    with pytest.raises(Exception, match="Neumann series"):
+        jax.block_until_ready(jax.jvp(lambda b: loss(b, bad), (b,), (jnp.ones(4),))[1])
+    # alpha ~ 1/L converges, to A^{-1} 1 for a long series.
+    g = jax.grad(loss)(b, ji.Neumann(300, alpha=0.3))
+    np.testing.assert_allclose(g, np.linalg.solve(A, np.ones(4)), rtol=1e-10)
+
+
+def test_closure_over_traced_value_through_driver():
+    # `minimise`'s objective closes over the traced `c` (not passed in `args`): its
+    # derivative must count, in reverse and forward mode, against central
+    # differences. One compiled program for all three.
+    X, y = _ridge_data(4, n=12, d=3)
+
+    def loss(c):
+        def inner(w, lam):
+            return 0.5 * jnp.sum((X @ w - c * y) ** 2) + 0.5 * lam * jnp.sum(w**2) + 0.1 * jnp.sum(w**4)
+
+        w = ji.minimise(inner, ji.LBFGS(rtol=0, atol=1e-12), jnp.zeros(3), 0.5).value
+        return jnp.sum(w**2)
+
+    @jax.jit
+    def run(c):
+        lp, lm = jax.vmap(loss)(jnp.stack([c + 1e-5, c - 1e-5]))
+        return jax.grad(loss)(c), jax.jvp(loss, (c,), (1.0,))[1], (lp - lm) / 2e-5
+
+    g, t, fd = run(1.3)
+    assert abs(float(fd)) > 1e-2
+    np.testing.assert_allclose(g, fd, rtol=1e-7)
+    np.testing.assert_allclose(t, g, rtol=1e-10)
+
+
+def test_failed_gmres_adjoint_solve_raises_under_grad_and_jvp():
+    # A nonsymmetric fixed point: the adjoint is GMRES (through lineax); capped at
+    # two products it cannot converge on this 6-unknown system, and that must raise
+    # under `grad` (transposed solve) and `jvp` (tangent solve), never return a
+    # wrong derivative.
+    rng = np.random.default_rng(5)
+    n = 6
+    M = jnp.asarray(0.3 * rng.standard_normal((n, n)) / np.sqrt(n))
+    T = lambda x, theta: M @ jnp.tanh(x) + theta
+
+    def loss(theta, adjoint):
+        @ji.custom_fixed_point(T, adjoint=adjoint)
+        def solve(init, theta):
+            return ji.fixed_point(T, ji.FixedPointIteration(rtol=0, atol=1e-13), init, theta).value
+
+        return jnp.sum(solve(jnp.zeros(n), theta) ** 2)
+
+    theta = jnp.asarray(rng.standard_normal(n))
+    short = ji.ImplicitAdjoint(max_steps=2)
+    with pytest.raises(Exception, match="maximum number of solver steps"):
+        jax.block_until_ready(jax.grad(loss)(theta, short))
+    with pytest.raises(Exception, match="maximum number of solver steps"):
+        jax.block_until_ready(jax.jvp(lambda t: loss(t, short), (theta,), (jnp.ones(n),))[1])
+
+
+def test_hessian_through_driver():
+    # `jax.hessian` of an outer objective through `minimise` (forward over the
+    # reverse-mode implicit rule, re-entering it), against the closed form of ridge
+    # regression.
+    X, y = _ridge_data(6, n=10, d=3)
+
+    def inner(w, lam):
+        return 0.5 * jnp.sum((X @ w - y) ** 2) + 0.5 * jnp.sum(lam * w**2)
+
+    def outer(solve):
+        return lambda lam: jnp.sum(solve(lam) ** 2)
+
+    lam = jnp.asarray([0.5, 1.0, 2.0])
+    h = jax.jit(jax.hessian(outer(lambda l: ji.minimise(inner, ji.LBFGS(rtol=0, atol=1e-12), jnp.zeros(3), l).value)))(lam)
+    ref = jax.hessian(outer(lambda l: _ridge_closed(X, y, l)))(lam)
+    assert float(jnp.max(jnp.abs(ref))) > 1e-3
+    np.testing.assert_allclose(h, ref, rtol=1e-7, atol=1e-10)

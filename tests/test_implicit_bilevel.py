@@ -3,6 +3,7 @@ and each other; the explicit adjoint solve with recycling; the bilevel loop."""
 
 import jax
 import jax.numpy as jnp
+import lineax as lx
 import numpy as np
 import optax
 import pytest
@@ -15,12 +16,12 @@ def _central_fd(fn, x, direction, eps=1e-5):
     return (fn(x + eps * direction) - fn(x - eps * direction)) / (2 * eps)
 
 
-def _logistic(seed=0, n=120, d=10):
+def _logistic(seed=0, n=120, d=10, n_val=60):
     rng = np.random.default_rng(seed)
     X = jnp.asarray(rng.standard_normal((n, d)))
     w = rng.standard_normal(d)
     y = jnp.asarray((X @ w + 0.5 * rng.standard_normal(n) > 0).astype(float))
-    Xv = jnp.asarray(rng.standard_normal((60, d)))
+    Xv = jnp.asarray(rng.standard_normal((n_val, d)))
     yv = jnp.asarray((Xv @ w > 0).astype(float))
     return X, y, Xv, yv
 
@@ -30,8 +31,8 @@ def _logloss(X, y, w):
     return jnp.mean(jnp.logaddexp(0.0, z) - y * z)
 
 
-def _logistic_problem(seed=0):
-    X, y, Xv, yv = _logistic(seed)
+def _logistic_problem(seed=0, **sizes):
+    X, y, Xv, yv = _logistic(seed, **sizes)
 
     def inner(w, log_lam):
         return _logloss(X, y, w) + 0.5 * jnp.sum(jnp.exp(log_lam) * w**2)
@@ -73,8 +74,6 @@ def test_logistic_hypergradient_fd_forward_reverse():
 
 @pytest.mark.slow
 def test_estimated_jacobi_preconditioner():
-    import lineax as lx
-
     from jaxnum.implicit._adjoint import estimated_jacobi
 
     spd = (lx.symmetric_tag, lx.positive_semidefinite_tag)
@@ -290,3 +289,237 @@ def test_hyperparameter_optimisation_loop():
     # Warm starts save inner iterations; the trajectories agree.
     assert int(jnp.sum(h["inner_steps"])) < int(jnp.sum(cold.history["inner_steps"]))
     np.testing.assert_allclose(warm.params, cold.params, rtol=1e-2, atol=1e-3)
+
+
+def _simplex_qp(seed=4, d=5):
+    rng = np.random.default_rng(seed)
+    M = rng.standard_normal((d, d))
+    Q = jnp.asarray(M @ M.T / d + 0.5 * np.eye(d))
+    target = jnp.asarray(rng.dirichlet(np.ones(d)))
+
+    def smooth(w, c):
+        return 0.5 * w @ (Q @ w) + c @ w
+
+    def outer(w, c):
+        return jnp.sum((w - target) ** 2)
+
+    solver = ji.ProximalGradient(rtol=0, atol=1e-13, prox=lambda w, c, step: ji.projection_simplex(w))
+    return smooth, outer, solver, jnp.asarray(0.3 * rng.standard_normal(d))
+
+
+def test_hyperparameter_optimise_uses_the_solvers_optimality_condition():
+    # Regression: the loop used the gradient of `inner` (not zero at a constrained
+    # optimum) as the optimality condition, with CG. One SGD step of rate 1 exposes
+    # the hypergradient: params0 - params1.
+    smooth, outer, solver, c = _simplex_qp()
+    d = c.size
+    y0 = jnp.full(d, 1.0 / d)
+
+    @jax.jit
+    def run(c):
+        res = ji.hyperparameter_optimise(outer, smooth, solver, c, y0, optimiser=optax.sgd(1.0), num_steps=1,
+                                         schedule=None)
+        return res, jax.grad(lambda c: outer(ji.minimise(smooth, solver, y0, c).value, c))(c)
+
+    res, ref = run(c)
+    assert float(jnp.linalg.norm(ref)) > 1e-3
+    np.testing.assert_allclose(c - res.params, ref, rtol=1e-8, atol=1e-12)
+    # A solver for another kind of problem is refused up front.
+    with pytest.raises(ValueError, match="does not solve minimise"):
+        ji.hyperparameter_optimise(outer, smooth, ji.Anderson(rtol=0, atol=1e-8), c, y0,
+                                   optimiser=optax.sgd(1.0), num_steps=1)
+
+
+def _ridge_bilevel(seed=8, n=12, d=3):
+    """Ridge regression with one weight per feature: `(inner, outer, y0, closed)`,
+    `closed(log_lam)` the exact inner solution."""
+    rng = np.random.default_rng(seed)
+    X = jnp.asarray(rng.standard_normal((n, d)))
+    y = jnp.asarray(rng.standard_normal(n))
+    Xv = jnp.asarray(rng.standard_normal((n, d)))
+    yv = jnp.asarray(rng.standard_normal(n))
+
+    def inner(w, log_lam):
+        return 0.5 * jnp.sum((X @ w - y) ** 2) + 0.5 * jnp.sum(jnp.exp(log_lam) * w**2)
+
+    def outer(w, log_lam):
+        return 0.5 * jnp.sum((Xv @ w - yv) ** 2)
+
+    def closed(log_lam):
+        return jnp.linalg.solve(X.T @ X + jnp.diag(jnp.exp(log_lam)), X.T @ y)
+
+    return inner, outer, jnp.zeros(d), closed
+
+
+def _failing_bilevel(solver, adjoint, throw):
+    inner, outer, y0, _ = _ridge_bilevel()
+    return ji.hyperparameter_optimise(
+        outer, inner, solver, jnp.full(y0.size, -1.0), y0, optimiser=optax.sgd(0.01), num_steps=2,
+        adjoint=adjoint, schedule=None, throw=throw,
+    )
+
+
+def test_hyperparameter_optimise_reports_failed_inner_solve():
+    # Regression: the inner solves were never checked. Each outer step records the
+    # result; throw=False goes on and shows it, throw=True (the default) raises,
+    # naming the solve.
+    short = ji.LBFGS(rtol=0, atol=1e-12, max_steps=1)
+    h = _failing_bilevel(short, None, False).history
+    assert bool(jnp.all(h["inner_result"] == ji.RESULTS.nonlinear_max_steps_reached))
+    assert bool(jnp.all(h["inner_steps"] == 1)) and bool(jnp.all(h["inner_residual"] > 1e-12))
+    assert bool(jnp.all(h["adjoint_result"] == ji.RESULTS.successful))
+    with pytest.raises(Exception, match="the inner solve did not converge"):
+        jax.block_until_ready(_failing_bilevel(short, None, True).params)
+
+
+def test_hyperparameter_optimise_reports_failed_adjoint_solve():
+    # Regression: the adjoint solves were solved with `throw=False` and never
+    # checked. As above, for an adjoint CG capped at one product.
+    good, short = ji.LBFGS(rtol=0, atol=1e-12), ji.ImplicitAdjoint(max_steps=1)
+    h = _failing_bilevel(good, short, False).history
+    assert bool(jnp.all(h["inner_result"] == ji.RESULTS.successful))
+    assert bool(jnp.all(h["adjoint_result"] == ji.RESULTS.max_steps_reached))
+    assert bool(jnp.all(h["adjoint_matvecs"] == 1)) and bool(jnp.all(h["adjoint_residual"] > 1e-10))
+    with pytest.raises(Exception, match="the adjoint solve did not converge"):
+        jax.block_until_ready(_failing_bilevel(good, short, True).params)
+
+
+def _grad_jvp_fd(loss, theta, direction, eps):
+    """`(grad, jvp, central difference)` of `loss` at `theta` along `direction`, as one
+    compiled program (the two shifted points are one `vmap`ped solve)."""
+
+    @jax.jit
+    def run(theta, direction):
+        lp, lm = jax.vmap(loss)(jnp.stack([theta + eps * direction, theta - eps * direction]))
+        return jax.grad(loss)(theta), jax.jvp(loss, (theta,), (direction,))[1], (lp - lm) / (2 * eps)
+
+    return run(theta, direction)
+
+
+def test_logistic_hypergradient_fd_forward_reverse_small():
+    # Default-size variant of `test_logistic_hypergradient_fd_forward_reverse`.
+    X, inner, outer = _logistic_problem(0, n=30, d=4, n_val=20)
+    d = X.shape[1]
+    solver = ji.LBFGS(rtol=0, atol=1e-12)
+
+    def loss(log_lam):
+        return outer(ji.minimise(inner, solver, jnp.zeros(d), log_lam).value, log_lam)
+
+    theta = jnp.linspace(-3.0, -1.0, d)
+    direction = jnp.asarray(np.random.default_rng(1).standard_normal(d))
+    grad, tangent, fd = _grad_jvp_fd(loss, theta, direction, 1e-5)
+    assert abs(float(fd)) > 1e-4
+    np.testing.assert_allclose(grad @ direction, fd, rtol=1e-6)
+    np.testing.assert_allclose(tangent, grad @ direction, rtol=1e-10)
+
+
+def test_implicit_agrees_with_unrolled_to_convergence_small():
+    # Default-size variant of `test_implicit_agrees_with_unrolled_to_convergence`:
+    # gradient descent (a contraction here) differentiated implicitly and through
+    # every iterate.
+    X, inner, outer = _logistic_problem(2, n=30, d=4, n_val=20)
+    d = X.shape[1]
+    solver = ji.GradientDescent(rtol=0, atol=1e-12, learning_rate=1.0)
+
+    def loss(theta, adjoint):
+        return outer(ji.minimise(inner, solver, jnp.zeros(d), theta, adjoint=adjoint).value, theta)
+
+    theta = jnp.full(d, -1.0)
+    implicit, unrolled = jax.jit(
+        lambda t: (jax.grad(loss)(t, None), jax.grad(loss)(t, ji.CheckpointedUnroll()))
+    )(theta)
+    assert float(jnp.max(jnp.abs(implicit))) > 1e-4
+    np.testing.assert_allclose(unrolled, implicit, rtol=2e-4, atol=1e-9)
+
+
+def test_vmap_over_hyperparameters_through_driver():
+    # Default-size variant of `test_vmap_over_hyperparameters_matches_loop`: a batch
+    # of hypergradients through `minimise` under `vmap`, against ridge's closed form.
+    inner, outer, y0, closed = _ridge_bilevel(9, n=10, d=3)
+
+    def hypergrad(theta):
+        return jax.grad(lambda t: outer(ji.minimise(inner, ji.LBFGS(rtol=0, atol=1e-12), y0, t).value, t))(theta)
+
+    thetas = jnp.asarray([[-2.0, -1.0, 0.0], [0.0, 0.5, 1.0], [1.5, -0.5, 2.0]])
+    batched = jax.jit(jax.vmap(hypergrad))(thetas)
+    ref = jax.vmap(jax.grad(lambda t: outer(closed(t), t)))(thetas)
+    np.testing.assert_allclose(batched, ref, rtol=1e-8, atol=1e-12)
+
+
+def test_hyperparameter_optimisation_loop_small():
+    # Default-size variant of `test_hyperparameter_optimisation_loop`: the loop
+    # decreases the outer loss, the schedule tightens both tolerances (never
+    # loosening), every solve succeeds, and the adjoint solves carry an active
+    # recycle space.
+    X, inner, outer = _logistic_problem(7, n=30, d=4, n_val=20)
+    d = X.shape[1]
+    adjoint = ji.ImplicitAdjoint(linear_solver=DeflatedCG(rtol=1e-10, atol=0.0, recycle=2))
+    schedule = ji.InexactSchedule(inner_scale=1e-3, adjoint_scale=1e-3)
+    res = jax.jit(
+        lambda t: ji.hyperparameter_optimise(
+            outer, inner, ji.LBFGS(rtol=0, atol=1e-10), t, jnp.zeros(d), optimiser=optax.adam(0.1),
+            num_steps=8, adjoint=adjoint, schedule=schedule,
+        )
+    )(jnp.zeros(d))
+    h = res.history
+    assert float(h["outer_loss"][-1]) < float(h["outer_loss"][0]) - 1e-3
+    for key in ("inner_tol", "adjoint_tol"):
+        assert bool(jnp.all(jnp.diff(h[key]) <= 0)), key
+        assert float(h[key][-1]) < 0.5 * float(h[key][0]), key
+    assert bool(jnp.all(h["inner_result"] == ji.RESULTS.successful))
+    assert bool(jnp.all(h["adjoint_result"] == ji.RESULTS.successful))
+    assert bool(jnp.all(h["adjoint_residual"] <= h["adjoint_tol"]))
+    assert bool(res.adjoint_state.recycle.active)
+
+
+def test_nonsymmetric_hypergradient_exact():
+    # `hypergradient` with `symmetric=False` (GMRES on the transposed Jacobian) on a
+    # linear root F(x, theta) = A x - B theta with A nonsymmetric:
+    # grad = B^T A^{-T} d outer/dx + d outer/dtheta, exactly.
+    rng = np.random.default_rng(12)
+    n, p = 5, 3
+    A = jnp.asarray(np.eye(n) * 2.0 + 0.5 * rng.standard_normal((n, n)))
+    B = jnp.asarray(rng.standard_normal((n, p)))
+    c = jnp.asarray(rng.standard_normal(n))
+    theta = jnp.asarray(rng.standard_normal(p))
+
+    def outer(x, t):
+        return jnp.sum(jnp.sin(x) * c) + 0.5 * jnp.sum(t**2)
+
+    x = jnp.linalg.solve(A, B @ theta)
+    value, grad, _, stats = ji.hypergradient(outer, lambda x, t: A @ x - B @ t, x, theta, symmetric=False)
+    ref = jax.grad(lambda t: outer(jnp.linalg.solve(A, B @ t), t))(theta)
+    np.testing.assert_allclose(value, outer(x, theta), rtol=1e-14)
+    np.testing.assert_allclose(grad, ref, rtol=1e-9, atol=1e-12)
+    assert stats["result"] == lx.RESULTS.successful and float(stats["adjoint_residual"]) <= 1e-10
+
+
+def test_box_constrained_hypergradient_fd():
+    # Projected gradient (ProximalGradient with the box projection) on a QP whose
+    # solution has active bounds on both sides: hypergradient against central
+    # differences (the active set does not change within the step).
+    rng = np.random.default_rng(13)
+    d = 5
+    M = rng.standard_normal((d, d))
+    Q = jnp.asarray(M @ M.T / d + 0.5 * np.eye(d))
+    target = jnp.asarray(rng.uniform(-0.5, 0.5, d))
+
+    def smooth(w, c):
+        return 0.5 * w @ (Q @ w) - c @ w
+
+    solver = ji.ProximalGradient(rtol=0, atol=1e-13, prox=lambda w, c, step: ji.projection_box(w, -0.5, 0.5))
+
+    def solve(c):
+        return ji.minimise(smooth, solver, jnp.zeros(d), c).value
+
+    def loss(c):
+        return jnp.sum((solve(c) - target) ** 2)
+
+    c = jnp.asarray([3.0, -3.0, 0.1, -0.2, 0.3])
+    w = solve(c)
+    assert bool(jnp.any(w == 0.5)) and bool(jnp.any(w == -0.5)) and bool(jnp.any(jnp.abs(w) < 0.5))
+    direction = jnp.asarray(rng.standard_normal(d))
+    grad, tangent, fd = _grad_jvp_fd(loss, c, direction, 1e-6)
+    assert abs(float(fd)) > 1e-3
+    np.testing.assert_allclose(grad @ direction, fd, rtol=1e-6)
+    np.testing.assert_allclose(tangent, grad @ direction, rtol=1e-9)

@@ -154,21 +154,96 @@ def test_root_find_newton_system_via_fixed_point_and_pytree():
     assert max(float(jnp.max(jnp.abs(r))) for r in jax.tree_util.tree_leaves(res)) < 1e-12
 
 
+def _simplex_by_bisection(v, total):
+    """Projection onto `{z >= 0, sum z = total}` as `max(v - tau, 0)` with `tau` found
+    by bisection on the monotone `sum max(v - tau, 0) = total` (independent of the
+    sorting algorithm under test)."""
+    lo, hi = v.min() - total, v.max()
+    for _ in range(200):
+        tau = 0.5 * (lo + hi)
+        lo, hi = (tau, hi) if np.maximum(v - tau, 0).sum() > total else (lo, tau)
+    return np.maximum(v - 0.5 * (lo + hi), 0)
+
+
 def test_projections_against_references():
     rng = np.random.default_rng(2)
     x = jnp.asarray(rng.standard_normal(7) * 2)
+    xn = np.asarray(x)
     p = ji.projection_simplex(x)
-    # Reference: the simplex projection as a QP by scipy (SLSQP).
-    ref = so.minimize(lambda z: 0.5 * np.sum((z - np.asarray(x)) ** 2), np.full(7, 1 / 7),
-                      constraints=[{"type": "eq", "fun": lambda z: np.sum(z) - 1}], bounds=[(0, None)] * 7,
-                      method="SLSQP", options={"ftol": 1e-14}).x
-    np.testing.assert_allclose(p, ref, atol=1e-6)
-    assert abs(float(jnp.sum(p)) - 1) < 1e-12
-    np.testing.assert_allclose(ji.prox_l1(x, 0.5), np.sign(x) * np.maximum(np.abs(x) - 0.5, 0))
-    np.testing.assert_allclose(jnp.linalg.norm(ji.projection_l2_ball(x, 0.3)), 0.3)
-    np.testing.assert_allclose(jnp.sum(jnp.abs(ji.projection_l1_ball(x, 0.5))), 0.5)
-    np.testing.assert_allclose(ji.projection_box(x, -0.5, 0.5), np.clip(x, -0.5, 0.5))
-    assert jnp.all(ji.projection_nonnegative(x) >= 0)
+    # References for the simplex: the projection as a QP by scipy (SLSQP), and
+    # bisection on the threshold.
+    ref = so.minimize(lambda z: 0.5 * np.sum((z - xn) ** 2), np.full(7, 1 / 7), jac=lambda z: z - xn,
+                      constraints=[{"type": "eq", "fun": lambda z: np.sum(z) - 1, "jac": lambda z: np.ones(7)}],
+                      bounds=[(0, None)] * 7, method="SLSQP", options={"ftol": 1e-15, "maxiter": 500}).x
+    np.testing.assert_allclose(p, ref, atol=1e-8)
+    np.testing.assert_allclose(p, _simplex_by_bisection(xn, 1.0), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(ji.projection_simplex(x, 3.0), _simplex_by_bisection(xn, 3.0), rtol=1e-12,
+                               atol=1e-14)
+    # The L1 ball: sign(x) times the simplex projection of |x| when outside, x inside.
+    for radius in (0.5, 2.0):
+        np.testing.assert_allclose(ji.projection_l1_ball(x, radius),
+                                   np.sign(xn) * _simplex_by_bisection(np.abs(xn), radius), rtol=1e-12, atol=1e-14)
+    inside = 0.01 * x
+    np.testing.assert_array_equal(ji.projection_l1_ball(inside, 1.0), inside)
+    # Closed forms, elementwise.
+    np.testing.assert_allclose(ji.prox_l1(x, 0.5), np.sign(xn) * np.maximum(np.abs(xn) - 0.5, 0), rtol=1e-15)
+    np.testing.assert_allclose(ji.projection_l2_ball(x, 0.3), 0.3 * xn / np.linalg.norm(xn), rtol=1e-14)
+    np.testing.assert_array_equal(ji.projection_l2_ball(inside, 1.0), inside)
+    np.testing.assert_array_equal(ji.projection_l2_ball(jnp.zeros(3), 1.0), np.zeros(3))
+    np.testing.assert_array_equal(ji.projection_nonnegative(x), np.maximum(xn, 0))
+    np.testing.assert_array_equal(ji.projection_box(x, -0.5, 0.5), np.clip(xn, -0.5, 0.5))
+    lower, upper = np.linspace(-2, 0, 7), np.linspace(0, 1, 7)
+    np.testing.assert_array_equal(ji.projection_box(x, lower, upper), np.minimum(np.maximum(xn, lower), upper))
+
+
+def test_gradient_descent_matches_scipy_on_beale():
+    ref = so.minimize(lambda x: float(beale(jnp.asarray(x))), np.array([1.0, 1.0]),
+                      jac=lambda x: np.asarray(jax.grad(beale)(jnp.asarray(x))), method="BFGS",
+                      options={"gtol": 1e-11})
+    sol = ji.minimise(beale, ji.GradientDescent(rtol=0, atol=1e-9), jnp.array([1.0, 1.0]), None)
+    np.testing.assert_allclose(ref.x, [3.0, 0.5], atol=1e-8)
+    np.testing.assert_allclose(sol.value, ref.x, atol=1e-7)
+    assert sol.result == ji.RESULTS.successful and float(sol.stats["residual"]) <= 1e-9
+
+
+def _lasso_coordinate_descent(X, y, lam, sweeps=5000):
+    """`argmin 0.5/n ||X w - y||^2 + lam ||w||_1` by cyclic coordinate descent (numpy),
+    to a tight tolerance: the reference for the proximal-gradient solvers."""
+    n, d = X.shape
+    w = np.zeros(d)
+    r = y.copy()
+    col = np.sum(X**2, axis=0) / n
+    for _ in range(sweeps):
+        w_old = w.copy()
+        for j in range(d):
+            r += X[:, j] * w[j]
+            z = X[:, j] @ r / n
+            w[j] = np.sign(z) * max(abs(z) - lam, 0.0) / col[j]
+            r -= X[:, j] * w[j]
+        if np.max(np.abs(w - w_old)) < 1e-15:
+            break
+    return w
+
+
+def test_lasso_solution_proximal_gradient_and_fista_against_coordinate_descent():
+    rng = np.random.default_rng(3)
+    n, d, lam = 30, 8, 0.1
+    X = rng.standard_normal((n, d))
+    y = X @ np.where(rng.random(d) < 0.5, rng.standard_normal(d), 0.0) + 0.1 * rng.standard_normal(n)
+    ref = _lasso_coordinate_descent(X, y, lam)
+    assert 0 < np.sum(ref != 0) < d
+    Xj, yj = jnp.asarray(X), jnp.asarray(y)
+    smooth = lambda w, _: 0.5 * jnp.mean((Xj @ w - yj) ** 2)
+    prox = lambda w, _, step: ji.prox_l1(w, step * lam)
+
+    @jax.jit
+    def both():
+        return [ji.minimise(smooth, ji.ProximalGradient(rtol=0, atol=1e-12, prox=prox, acceleration=acc),
+                            jnp.zeros(d), None).value for acc in (True, False)]
+
+    for w in both():
+        np.testing.assert_allclose(w, ref, atol=1e-10)
+        np.testing.assert_array_equal(w == 0, ref == 0)
 
 
 def test_float32_smoke():
@@ -267,3 +342,25 @@ def test_lbfgs_against_scipy_lbfgsb_iterations_and_line_search():
         assert float(f1) <= float(fw + 1e-4 * alpha * jnp.vdot(gw, p))
         np.testing.assert_allclose(w1, w + alpha * p)
         np.testing.assert_allclose(g1, vg(w1)[1], rtol=1e-12)
+
+
+def test_bisection_returns_the_bracket_answer_when_init_already_converged():
+    # Regression: when the bracket's midpoint already passes the stopping test the
+    # loop takes no step; the answer (value and gradient) must be the bracket's,
+    # never the starting point `y0`.
+    solver = ji.Bisection(rtol=1e-12, atol=1e-12)
+    opts = {"lower": -1.0, "upper": 1.0}
+    sol = ji.root_find(lambda y, a: y - a, solver, jnp.array(5.0), 0.0, options=opts)
+    assert int(sol.stats["num_steps"]) == 0 and sol.result == ji.RESULTS.successful
+    np.testing.assert_allclose(sol.value, 0.0, atol=1e-15)
+    # Nonlinear, so that the implicit gradient depends on where it is taken:
+    # dy/da = 1 / (1 + 3 y^2) is 1 at the root y = 0 (1/76 at y0 = 5).
+    fn = lambda y, a: y + y**3 - a
+    g = jax.grad(lambda a: ji.root_find(fn, solver, jnp.array(5.0), a, options=opts).value)(0.0)
+    np.testing.assert_allclose(g, 1.0, rtol=1e-12)
+    # A bracket already shorter than the tolerance: its midpoint, not y0.
+    c = 2.0 ** (1 / 3)
+    sol = ji.root_find(lambda y, a: y**3 - a, ji.Bisection(rtol=1e-10, atol=0.0), jnp.array(5.0), 2.0,
+                       options={"lower": c - 1e-12, "upper": c + 1e-12})
+    assert int(sol.stats["num_steps"]) == 0
+    np.testing.assert_allclose(sol.value, c, rtol=1e-12)

@@ -71,10 +71,12 @@ class ImplicitAdjoint(AbstractImplicitAdjoint):
     optimality function (for minimisation these are Hessian-vector products): no
     Jacobian or Hessian is formed. Default solver: conjugate gradients for symmetric
     problems (minimisation, least squares; inside the implicit rule a lean CG run as
-    `jax.lax.custom_linear_solve`, with `jaxnum.linalg.CG`'s iteration and
-    true-residual exit test, and `jaxnum.linalg.CG` itself in `hypergradient`),
-    `jaxnum.linalg.GMRES` otherwise. Pass `linear_solver=lineax.LU()` to form the
-    dense Jacobian on purpose.
+    `jax.lax.custom_linear_solve`, with `jaxnum.linalg.CG`'s iteration but an exit
+    test on the *recurrence* residual, as `scipy.sparse.linalg.cg` and JAXopt, see
+    `_spd_solve.pcg`; `jaxnum.linalg.CG` itself, which confirms the exit with the
+    true residual, in `hypergradient`), `jaxnum.linalg.GMRES` (true residual)
+    otherwise. Pass `linear_solver=lineax.LU()` to form the dense Jacobian on
+    purpose.
 
     **Arguments:**
 
@@ -96,9 +98,12 @@ class ImplicitAdjoint(AbstractImplicitAdjoint):
         iterations at 5000 x 1000: ten stored pairs barely change the spectrum).
     - `diagonal_min_size`: the size from which `"default"` estimates the diagonal
         (static; `0` always, a huge value never).
-    - `tol`: relative tolerance of the default Krylov solver (true residual). The
-        default `1e-10` gives hypergradients accurate to ~1e-8 on well-posed problems
-        (JAXopt's default adjoint tolerance gives ~1e-5).
+    - `tol`: relative tolerance of the default Krylov solver (on the recurrence
+        residual for the implicit rule's symmetric CG, on the true residual for
+        `jaxnum.linalg.CG`/`GMRES`; the two agree to rounding unless `tol` is
+        near `eps cond(A)`). The default `1e-10` gives hypergradients accurate to
+        ~1e-8 on well-posed problems (JAXopt's default adjoint tolerance gives
+        ~1e-5).
     - `max_steps`: cap on matrix-vector products of the default solver.
     - `probes`: random sign vectors of the `"diagonal"` preconditioner.
 
@@ -161,14 +166,28 @@ class ImplicitAdjoint(AbstractImplicitAdjoint):
         options = self.options(operator, model)
         real = all(jnp.issubdtype(s.dtype, jnp.floating) for s in jtu.tree_leaves(operator.in_structure()))
         if self.linear_solver is None and symmetric and real and lx.is_positive_semidefinite(operator):
-            # The default symmetric solve: the same CG iteration and true-residual
-            # exit test as `jaxnum.linalg.CG`, as a `lax.custom_linear_solve` (see
-            # `spd_solve` for the measured reason).
+            # The default symmetric solve: the same CG iteration as
+            # `jaxnum.linalg.CG` but exiting on the recurrence residual (no
+            # true-residual confirmation), as a `lax.custom_linear_solve` (see
+            # `spd_solve` and `pcg` for the measured reasons).
             return spd_solve(
                 operator, rhs, preconditioner=options.get("preconditioner"), rtol=self.tol,
                 max_steps=self.max_steps,
             )
         return lx.linear_solve(operator, rhs, self.solver(symmetric), options=options).value
+
+
+NEUMANN_DIVERGED_MESSAGE = (
+    "jaxnum.implicit: the Neumann series of the adjoint diverges (its terms grow, or "
+    "are not finite): `I - alpha A` has an eigenvalue of modulus above 1 (for a "
+    "minimisation, a Hessian eigenvalue above `2 / alpha`). Pass a smaller `alpha` "
+    "(about `1 / L`, `L` the largest Hessian eigenvalue, e.g. `Neumann(k, alpha=0.1)`), "
+    "or use `ImplicitAdjoint()`."
+)
+
+
+def _tree_norm(tree):
+    return jnp.sqrt(sum(jnp.sum(jnp.abs(x) ** 2) for x in jtu.tree_leaves(tree)))
 
 
 class Neumann(AbstractImplicitAdjoint):
@@ -178,6 +197,18 @@ class Neumann(AbstractImplicitAdjoint):
     classical `sum_i (dT/dy)^i`. For minimisation choose `alpha` about `1/L` (a
     gradient step). Costs `k` Jacobian-vector products; biased for finite `k`
     (Lorraine et al. 2020; Shaban et al. 2019 for the truncated-unroll analogue).
+
+    The series converges only if every eigenvalue of `I - alpha A` has modulus
+    below 1 (for a minimisation: `alpha < 2 / L`). A diverging series raises
+    (`equinox.error_if`) instead of returning a huge derivative: the test is that
+    the last term is larger than both the one before it and the first (for a
+    symmetric `A` the term norms are log-convex, so one growing step means
+    divergence; asking for growth past the first term as well tolerates the
+    transient growth of a contraction with a non-normal Jacobian), or that the sum
+    is not finite. The series runs inside `jax.lax.custom_linear_solve` so that the
+    check also runs on the transposed series of reverse mode (the transpose of the
+    truncated series is the truncated series of `A^T`: the derivative is still that
+    of the truncated series).
     """
 
     k: int = eqx.field(static=True)
@@ -187,17 +218,30 @@ class Neumann(AbstractImplicitAdjoint):
         if self.k < 0:
             raise ValueError(f"Neumann: `k` must be non-negative, got {self.k}.")
 
-    def apply_inverse(self, operator, rhs, symmetric, model=None):
+    def _series(self, matvec, rhs):
         alpha = self.alpha
 
         def body(_, carry):
-            term, total = carry
-            aterm = operator.mv(term)
-            term = jtu.tree_map(lambda t, a: t - alpha * a, term, aterm)
-            return term, jtu.tree_map(jnp.add, total, term)
+            term, total, _ = carry
+            new = jtu.tree_map(lambda t, a: t - alpha * a, term, matvec(term))
+            return new, jtu.tree_map(jnp.add, total, new), _tree_norm(term)
 
-        _, total = jax.lax.fori_loop(0, self.k, body, (rhs, rhs))
+        first = _tree_norm(rhs)
+        last, total, before = jax.lax.fori_loop(0, self.k, body, (rhs, rhs, first))
+        last = _tree_norm(last)
+        # Slack for rounding: a term that stays the same size is not flagged.
+        eps = jnp.finfo(jnp.result_type(first)).eps
+        grow = 1.0 + jnp.sqrt(eps)
+        diverged = ((last > grow * before) & (last > grow * first)) | ~jnp.isfinite(_tree_norm(total))
+        total = eqx.error_if(total, diverged, NEUMANN_DIVERGED_MESSAGE)
         return jtu.tree_map(lambda t: alpha * t, total)
+
+    def apply_inverse(self, operator, rhs, symmetric, model=None):
+        if self.k == 0:
+            return jtu.tree_map(lambda t: self.alpha * t, rhs)
+        return jax.lax.custom_linear_solve(
+            operator.mv, rhs, self._series, transpose_solve=self._series, symmetric=symmetric
+        )
 
 
 class OneStep(AbstractImplicitAdjoint):

@@ -89,6 +89,13 @@ class AbstractSolver(eqx.Module):
     def residual_norm(self, state) -> Array:
         """The norm of the optimality residual at the current iterate."""
 
+    def first_iterate(self, state, y0):
+        """The iterate that the state returned by `init` belongs to: where the
+        driver's loop starts, and what it returns if `init` already meets the
+        stopping test (zero steps). `y0` unless `init` itself moves (`Bisection`:
+        the midpoint of the bracket, where `init` evaluates `fn`)."""
+        return y0
+
     def optimality(self, problem: Problem, state) -> Callable:
         """`F(y, args)`, zero at a solution: what implicit differentiation uses.
         `state` is the final (non-differentiated) solver state."""

@@ -21,9 +21,10 @@ class BisectionState(eqx.Module):
 class Bisection(AbstractSolver):
     """Bisection on a bracket `[lower, upper]` with a sign change, for a scalar
     root `fn(y, args) = 0`. The bracket is data, not a hyper-parameter: pass
-    `options={"lower": a, "upper": b}`. Stops when `|fn(y)| <= atol` or the bracket
-    is shorter than `rtol * max(|y|, 1)`. An invalid bracket gives
-    `RESULTS.invalid_bracket`.
+    `options={"lower": a, "upper": b}`; `y0` only gives the dtype (the iterates
+    are the bracket's midpoints, the first one included). Stops when
+    `|fn(y)| <= atol` at the midpoint `y` or the bracket is shorter than
+    `rtol * max(|y|, 1)`. An invalid bracket gives `RESULTS.invalid_bracket`.
 
     **Derivatives:** implicit (`dy/dargs = -(df/dy)^{-1} df/dargs`).
 
@@ -54,6 +55,12 @@ class Bisection(AbstractSolver):
         valid = (jnp.sign(flo) * jnp.sign(fhi) <= 0) & (lo < hi)
         mid = 0.5 * (lo + hi)
         return BisectionState(lo, hi, jnp.sign(flo), problem.fn(mid, args), valid)
+
+    def first_iterate(self, state, y0):
+        # `init` evaluates `fn` at the bracket's midpoint, not at `y0` (which only
+        # gives the dtype): if that already passes the stopping test the solve
+        # takes no step and the midpoint is the answer.
+        return (0.5 * (state.lower + state.upper)).astype(jnp.result_type(y0))
 
     def step(self, problem, y, args, state):
         mid = 0.5 * (state.lower + state.upper)

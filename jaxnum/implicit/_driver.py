@@ -61,7 +61,9 @@ def _run(solver, problem, y0, args, options, loop_kind, checkpoints):
         y, state = solver.step(problem, y, args, state)
         return y, state, n + 1
 
-    init = (y0, state, jnp.array(0, jnp.int32))
+    # The loop starts from the iterate the initial state describes (not always
+    # y0), so that a solve that has converged at `init` returns that iterate.
+    init = (solver.first_iterate(state, y0), state, jnp.array(0, jnp.int32))
     if loop_kind == "lax":
         y, state, n = lax.while_loop(cond, body, init)
     else:

@@ -57,7 +57,8 @@ def hypergradient(
     - `outer`: `outer(y, theta)`, a scalar.
     - `optimality`: `F(y, theta)`, shaped like `y` (for a minimisation, the gradient).
     - `y`: the inner solution (not differentiated).
-    - `params`: `theta`, a PyTree of floating arrays.
+    - `params`: `theta`, a PyTree of floating arrays (anything else is refused with
+        a `TypeError`: it could not be differentiated).
     - `symmetric`: whether `dF/dy` is symmetric positive semidefinite (CG).
     - `adjoint`: an `ImplicitAdjoint` (its solver, preconditioner and tolerance).
     - `state`: an `AdjointState` from `init_adjoint_state` or a previous call.
@@ -72,6 +73,14 @@ def hypergradient(
             "hypergradient: `adjoint` must be an `ImplicitAdjoint` (an explicit "
             f"adjoint solve); got {type(adjoint)}."
         )
+    for leaf in jtu.tree_leaves(params):
+        if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
+            raise TypeError(
+                "hypergradient: `params` is what the gradient is taken with respect to, "
+                f"so it must hold floating arrays only; got a leaf of dtype "
+                f"{jnp.result_type(leaf)}. Cast it (`jnp.asarray(theta, float)`), or "
+                "let `outer` and `optimality` close over non-differentiable (integer) data."
+            )
     check_optimality_shape(optimality, y, params, "hypergradient")
     y = jax.lax.stop_gradient(y)
     if state is None:
