@@ -3,9 +3,9 @@
 Every side of a comparison must run on the same compute: one thread, on one core.
 On import this module
 
-- appends `--xla_cpu_multi_thread_eigen=false` to `XLA_FLAGS` (keeping whatever the
-  caller set; XLA has no flag for its intra-op pool size, so the core pinning below
-  is what bounds it);
+- appends `--xla_cpu_multi_thread_eigen=false` to `XLA_FLAGS` (keeping the caller's
+  other flags, replacing a setting of that one; XLA has no flag for its intra-op
+  pool size, so the core pinning below is what bounds it);
 - sets `OMP_NUM_THREADS`, `OPENBLAS_NUM_THREADS` and `MKL_NUM_THREADS` to 1,
   overriding the caller's values (a silently multi-threaded peer would not be a like
   for like comparison);
@@ -21,9 +21,8 @@ import os
 _FLAG = "--xla_cpu_multi_thread_eigen=false"
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
-_flags = os.environ.get("XLA_FLAGS", "")
-if "--xla_cpu_multi_thread_eigen" not in _flags:
-    os.environ["XLA_FLAGS"] = f"{_flags} {_FLAG}".strip()
+_kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith("--xla_cpu_multi_thread_eigen")]
+os.environ["XLA_FLAGS"] = " ".join([*_kept, _FLAG])
 for _var in _THREAD_VARS:
     os.environ[_var] = "1"
 
