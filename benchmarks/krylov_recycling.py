@@ -521,17 +521,26 @@ def ratios(name, rows):
     return out
 
 
+def check_cell(r) -> str:
+    """The answer check of a row for the Markdown table (rows of logs written before
+    session 11 have none)."""
+    if "unconverged" not in r:
+        return "-"
+    bad = r["unconverged"]
+    return f"ok ({r['checked']})" if bad == 0 else f"**{bad}/{r['checked']} unconverged**"
+
+
 def markdown(results) -> str:
     """The results as Markdown tables (what goes into benchmarks/README.md)."""
     lines = []
     for name, res in results.items():
         lines += [f"**({name}) {res['description']}**", "",
-                  "| method | systems | matvecs / system (median) | CPU ms / system | wall ms / system | max true rel. residual | max rel. error vs spsolve |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+                  "| method | systems | matvecs / system (median) | CPU ms / system | wall ms / system | max true rel. residual | max rel. error vs spsolve | answer check |",
+                  "|---|---:|---:|---:|---:|---:|---:|---|"]
         for label, r in res["rows"].items():
             mv = "-" if r["matvecs"] != r["matvecs"] else f"{r['matvecs']:.0f}"
             lines.append(f"| {label} {r['note']} | {r.get('systems', '')} | {mv} | {r['time'] * 1e3:.1f} | {r['wall'] * 1e3:.1f} | "
-                         f"{r['max_residual']:.1e} | {r['max_error_vs_spsolve']:.1e} |")
+                         f"{r['max_residual']:.1e} | {r['max_error_vs_spsolve']:.1e} | {check_cell(r)} |")
         lines += ["", "| ratio | value |", "|---|---:|"]
         lines += [f"| {k} | {v:.2f} |" for k, v in res["ratios"].items()]
         lines.append("")
