@@ -49,7 +49,6 @@ products are counted by wrapping the operator (separate, untimed runs for peers)
     python benchmarks/krylov_recycling.py --cases a64 u --systems 50 --json
 """
 
-
 import _pin  # (pins threads and the core before numpy/jax/torch)
 
 # isort: split

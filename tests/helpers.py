@@ -1,5 +1,6 @@
 """Shared test utilities."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
@@ -71,3 +72,10 @@ def spd_with_small_cluster(rng, n, small=6):
     q, _ = np.linalg.qr(rng.standard_normal((n, n)))
     ev = np.concatenate([np.geomspace(1e-4, 1e-3, small), np.geomspace(1e-2, 1.0, n - small)])
     return (q * ev) @ q.T
+
+
+@eqx.filter_jit
+def solve_jit(op, b, solver, options):
+    """`lineax.linear_solve(..., throw=False)`, jitted, so that repeated solves with one
+    structure compile once."""
+    return lx.linear_solve(op, b, solver, options=options, throw=False)

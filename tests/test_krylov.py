@@ -8,7 +8,13 @@ import scipy.sparse.linalg as spla
 
 import jaxnum.linalg as jl
 
-from .helpers import counting_operator, random_matrix, spd_with_small_cluster, to_scipy
+from .helpers import (
+    counting_operator,
+    random_matrix,
+    solve_jit,
+    spd_with_small_cluster,
+    to_scipy,
+)
 
 RTOL = 1e-10
 NONSYM = [
@@ -22,14 +28,9 @@ SYM = [
 ALL = NONSYM + SYM
 
 
-@eqx.filter_jit
-def _solve_jit(op, b, solver, options):
-    return lx.linear_solve(op, b, solver, options=options, throw=False)
-
-
 def _solve(op, b, solver, options=None):
     # Jitted so that repeated solves with one structure compile once.
-    return _solve_jit(op, b, solver, {} if options is None else options)
+    return solve_jit(op, b, solver, {} if options is None else options)
 
 
 def _true_rel_residual(A, x, b):

@@ -16,18 +16,13 @@ import pytest
 
 import jaxnum.linalg as jl
 
-from .helpers import random_matrix, spd_with_small_cluster
+from .helpers import random_matrix, solve_jit, spd_with_small_cluster
 
 RTOL = 1e-10
 
 
-@eqx.filter_jit
-def _solve_jit(op, b, solver, options):
-    return lx.linear_solve(op, b, solver, options=options, throw=False)
-
-
 # ------------------------------------------- small default-suite variants (session 11)
-# Every test below solves systems of SMALL unknowns through `_solve_jit` with the
+# Every test below solves systems of SMALL unknowns through `solve_jit` with the
 # solvers of `_small_solver` and operators from `_counted`, which all share one
 # structure: each solver compiles once (twice with `throw=True`) for the whole
 # module. `max_steps` is an array (traced, not static), so the non-convergence
@@ -78,7 +73,7 @@ def _small_solve(op, b, solver, space=None, throw=False):
     options = {}
     if hasattr(solver, "empty_recycle"):
         options["recycle"] = solver.empty_recycle(op) if space is None else space
-    sol = (_solve_throw_jit if throw else _solve_jit)(op, jnp.asarray(b), solver, options)
+    sol = (_solve_throw_jit if throw else solve_jit)(op, jnp.asarray(b), solver, options)
     jax.block_until_ready(sol.value)
     return sol
 

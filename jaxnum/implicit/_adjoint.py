@@ -11,6 +11,7 @@ import lineax as lx
 from jax.flatten_util import ravel_pytree
 
 from ..linalg import CG, GMRES
+from ._base import tree_norm
 from ._spd_solve import spd_solve
 
 # Unknowns from which `ImplicitAdjoint()` estimates a Jacobi preconditioner (measured
@@ -186,10 +187,6 @@ NEUMANN_DIVERGED_MESSAGE = (
 )
 
 
-def _tree_norm(tree):
-    return jnp.sqrt(sum(jnp.sum(jnp.abs(x) ** 2) for x in jtu.tree_leaves(tree)))
-
-
 class Neumann(AbstractImplicitAdjoint):
     """Truncated Neumann series: `A^{-1} ~ alpha sum_{i=0}^{k} (I - alpha A)^i`.
 
@@ -224,15 +221,15 @@ class Neumann(AbstractImplicitAdjoint):
         def body(_, carry):
             term, total, _ = carry
             new = jtu.tree_map(lambda t, a: t - alpha * a, term, matvec(term))
-            return new, jtu.tree_map(jnp.add, total, new), _tree_norm(term)
+            return new, jtu.tree_map(jnp.add, total, new), tree_norm(term)
 
-        first = _tree_norm(rhs)
+        first = tree_norm(rhs)
         last, total, before = jax.lax.fori_loop(0, self.k, body, (rhs, rhs, first))
-        last = _tree_norm(last)
+        last = tree_norm(last)
         # Slack for rounding: a term that stays the same size is not flagged.
         eps = jnp.finfo(jnp.result_type(first)).eps
         grow = 1.0 + jnp.sqrt(eps)
-        diverged = ((last > grow * before) & (last > grow * first)) | ~jnp.isfinite(_tree_norm(total))
+        diverged = ((last > grow * before) & (last > grow * first)) | ~jnp.isfinite(tree_norm(total))
         total = eqx.error_if(total, diverged, NEUMANN_DIVERGED_MESSAGE)
         return jtu.tree_map(lambda t: alpha * t, total)
 
