@@ -192,7 +192,8 @@ def test_float32_smoke():
     assert M.mv(b32).dtype == jnp.float32
     sol = lx.linear_solve(op32, b32, jl.CG(rtol=1e-5, atol=0.0), options={"preconditioner": M})
     assert sol.value.dtype == jnp.float32
-    assert int(sol.stats["num_matvecs"]) <= 15
+    # 15 products with XLA's optimisations, 16 without (float32 rounding order).
+    assert int(sol.stats["num_matvecs"]) <= 16
     res = jnp.linalg.norm(b32 - op32.mv(sol.value)) / jnp.linalg.norm(b32)
     assert float(res) < 1e-4
 
