@@ -42,6 +42,55 @@ def test_custom_root_ridge_closed_form():
     np.testing.assert_allclose(jax.jacfwd(lambda l: solve(None, l))(lam), ref, rtol=1e-8, atol=1e-11)
 
 
+def test_custom_root_keyword_arguments_as_jaxopt():
+    # JAXopt's decorated solvers take keyword arguments too: array keywords are
+    # differentiated like positional ones, others (a flag, an int) stay static.
+    X, y = _ridge_data(4)
+    seen = []
+
+    def optimality(w, lam, *, data, scale=1.0, tag="ridge"):
+        Xd, yd = data
+        seen.append(tag)
+        return Xd.T @ (Xd @ w - yd) + scale * lam * w
+
+    @ji.custom_root(optimality, symmetric=True)
+    def solve(init, lam, *, data, scale=1.0, tag="ridge"):
+        Xd, yd = data
+        return jnp.linalg.solve(Xd.T @ Xd + jnp.diag(scale * lam), Xd.T @ yd)
+
+    lam = jnp.linspace(0.5, 3.0, X.shape[1])
+    jac = jax.jacrev(lambda l: solve(None, l, data=(X, y), scale=2.0, tag="t"))(lam)
+    ref = jax.jacrev(lambda l: _ridge_closed(X, y, 2.0 * l))(lam)
+    np.testing.assert_allclose(jac, ref, rtol=1e-8, atol=1e-11)
+    assert set(seen) == {"t"}
+    # A keyword array is differentiated (the data, here y), in both modes.
+    g = jax.grad(lambda yy: jnp.sum(solve(None, lam, data=(X, yy)) ** 2))(y)
+    g_ref = jax.grad(lambda yy: jnp.sum(_ridge_closed(X, yy, lam) ** 2))(y)
+    np.testing.assert_allclose(g, g_ref, rtol=1e-8, atol=1e-11)
+    t = jax.jvp(lambda s: solve(None, lam, data=(X, y), scale=s), (2.0,), (1.0,))[1]
+    t_ref = jax.jvp(lambda s: _ridge_closed(X, y, s * lam), (2.0,), (1.0,))[1]
+    np.testing.assert_allclose(t, t_ref, rtol=1e-8, atol=1e-11)
+
+    # custom_fixed_point passes them on too (implicit and truncated-unroll rules).
+    def T(x, c, *, damping):
+        return damping * jnp.tanh(x) + c
+
+    for adjoint in (None, ji.TruncatedUnroll(60)):
+
+        @ji.custom_fixed_point(T, adjoint=adjoint)
+        def fp(init, c, *, damping):
+            x = init
+            for _ in range(200):
+                x = T(x, c, damping=damping)
+            return x
+
+        c0 = jnp.array([0.3, -0.2])
+        jac = jax.jacfwd(lambda c: fp(jnp.zeros(2), c, damping=0.5))(c0)
+        x = fp(jnp.zeros(2), c0, damping=0.5)
+        ref = jnp.diag(1.0 / (1.0 - 0.5 * (1.0 - jnp.tanh(x) ** 2)))
+        np.testing.assert_allclose(jac, ref, rtol=1e-8, atol=1e-11)
+
+
 def test_hessian_of_outer_objective():
     X, y = _ridge_data(1)
     solve = _ridge_solver(X, y)

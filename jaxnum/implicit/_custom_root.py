@@ -34,8 +34,11 @@ def custom_root(
     """Decorator making a solver differentiable through its optimality condition.
 
     JAXopt's calling convention (Blondel et al. 2021, "Efficient and modular
-    implicit differentiation"): the decorated `solver(init, *args)` returns `x*`
-    and `optimality_fn(x, *args)` is zero at `x*`. The solver is never
+    implicit differentiation"): the decorated `solver(init, *args, **kwargs)`
+    returns `x*` and `optimality_fn(x, *args, **kwargs)` is zero at `x*` (keyword
+    arguments are passed to both by name, so the two must use the same names).
+    Floating-point arrays among the arguments are differentiated; anything else
+    (integers, strings, flags) is held static. The solver is never
     differentiated: `x*` gets its derivative from the implicit function theorem,
     `dx*/dargs = -(dF/dx)^{-1} dF/dargs`, applied as a `custom_jvp` (so `jvp`,
     `jacfwd`, `hessian` work; `grad`/`vjp` transpose the same linear solve).
@@ -53,6 +56,8 @@ def custom_root(
         `F` is the gradient of a convex objective): selects CG over GMRES.
 
     **Returns:** a decorator; the wrapped solver has the signature of the original.
+    It raises a `ValueError` at trace time if `optimality_fn`'s output does not have
+    the structure, shapes and dtypes of `x*`.
 
     Compare `jaxopt.implicit_diff.custom_root`.
     """
@@ -70,15 +75,17 @@ def custom_root(
             return solver
 
         @ft.wraps(solver)
-        def wrapped(init, *args):
-            x = jax.lax.stop_gradient(solver(init, *args))
+        def wrapped(init, *args, **kwargs):
+            x = jax.lax.stop_gradient(solver(init, *args, **kwargs))
 
-            def F(y, a):
-                return optimality_fn(y, *a)
+            def F(y, p):
+                a, kw = p
+                return optimality_fn(y, *a, **kw)
 
             assert isinstance(adjoint, AbstractImplicitAdjoint)
             return implicit_root(
-                F, x, args, symmetric=symmetric, adjoint=adjoint, name="custom_root"
+                F, x, (args, kwargs), symmetric=symmetric, adjoint=adjoint,
+                name="custom_root",
             )
 
         return wrapped
@@ -98,28 +105,30 @@ def custom_fixed_point(
     `OneStep()` the Jacobian-free rule; with `TruncatedUnroll(k)` the derivative of
     `k` applications of `T` from the (non-differentiated) solution.
 
-    **Arguments:** `fixed_point_fn` `T(x, *args)`; `adjoint` as in `custom_root`.
+    **Arguments:** `fixed_point_fn` `T(x, *args, **kwargs)`; `adjoint` as in
+    `custom_root`.
 
-    **Returns:** a decorator; the wrapped solver is called as `solver(init, *args)`.
+    **Returns:** a decorator; the wrapped solver is called as
+    `solver(init, *args, **kwargs)`.
 
     Compare `jaxopt.implicit_diff.custom_fixed_point`.
     """
     adjoint = ImplicitAdjoint() if adjoint is None else adjoint
     _check_adjoint(adjoint, "custom_fixed_point")
 
-    def residual(x, *args):
-        return jtu.tree_map(jnp.subtract, x, fixed_point_fn(x, *args))
+    def residual(x, *args, **kwargs):
+        return jtu.tree_map(jnp.subtract, x, fixed_point_fn(x, *args, **kwargs))
 
     if not isinstance(adjoint, TruncatedUnroll):
         return custom_root(residual, adjoint=adjoint)
 
     def decorator(solver):
         @ft.wraps(solver)
-        def wrapped(init, *args):
-            x = jax.lax.stop_gradient(solver(init, *args))
+        def wrapped(init, *args, **kwargs):
+            x = jax.lax.stop_gradient(solver(init, *args, **kwargs))
 
             def body(y, _):
-                return fixed_point_fn(y, *args), None
+                return fixed_point_fn(y, *args, **kwargs), None
 
             x, _ = jax.lax.scan(body, x, None, length=adjoint.k)
             return x

@@ -20,7 +20,7 @@ def structure(tree) -> PyTree[jax.ShapeDtypeStruct]:
 
 def check_optimality_shape(optimality: Callable, root, params, name: str):
     """Trace-time check that `optimality(root, params)` has the structure of `root`."""
-    out = jax.eval_shape(optimality, root, params)
+    out = eqx.filter_eval_shape(optimality, root, params)  # non-arrays held static
     want = jtu.tree_map(lambda s: (s.shape, s.dtype), structure(root))
     got = jtu.tree_map(lambda s: (s.shape, jnp.dtype(s.dtype)), out)
     if jtu.tree_structure(got) != jtu.tree_structure(want) or eqx.tree_equal(
