@@ -22,7 +22,9 @@ class RecycleSpace(eqx.Module):
     - `image`: `C = A U` (GCRO-DR: orthonormal) for the operator of the solve that
         produced it. Every solve recomputes it for its own operator (`k` matrix-vector
         products as one batched product), so the space stays correct when the
-        operator changes.
+        operator changes. `DeflatedCG` stores `A W` only when it is known without
+        extra products (after a solve that carried a space); after a solve that
+        started fresh the image is zero, and the next solve computes it anyway.
     - `active`: whether `basis` holds a space at all (`False` for an empty space).
     - `skip`, `backoff`, `reference`: the bookkeeping of the adaptive policy that
         detects a useless space (see `GCRODR(adaptive=...)`): `skip` solves to run
