@@ -320,3 +320,63 @@ def test_gradient_through_a_gcrodr_solve_with_a_carried_space(symmetric):
     (minus, _), _ = value_and_grad(theta - 1e-6 * d, space)
     np.testing.assert_allclose(jnp.vdot(g, d), (plus - minus) / 2e-6, rtol=1e-6)
     assert value_and_grad._cache_size() == 1
+
+
+def _two_clusters(seed, cond):
+    """A symmetric matrix with two tight eigenvalue clusters, at 1 and at 1/cond:
+    Krylov methods converge in a few steps, to an attainable accuracy of about
+    `cond * eps`, and one pass of classical Gram-Schmidt loses orthogonality."""
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.standard_normal((SMALL, SMALL)))
+    ev = np.where(np.arange(SMALL) % 2 == 0, 1.0, 1.0 / cond) * (1 + 0.01 * np.arange(SMALL) / SMALL)
+    return (q * ev) @ q.T, rng.standard_normal(SMALL)
+
+
+@pytest.mark.parametrize("name", ["gmres", "gcrodr", "cg", "dcg"])
+def test_small_unattainable_tolerance_stops_as_stagnation(name):
+    # The true residual cannot fall below ~cond * eps, far above RTOL = 1e-10, while
+    # the recurrence residual keeps falling and keeps triggering confirmations that
+    # fail. The solvers must notice the floor and report stagnation early, with the
+    # floor's residual, instead of spending all of `max_steps` (before session 12
+    # GMRES, CG and DeflatedCG used all 640 products here, and the last two reported
+    # `max_steps_reached`).
+    A, b = _two_clusters(11, 1e7 if name == "gcrodr" else 1e10)
+    sol = _small_solve(_counted(A, _small_tags(name)), b, _small_solver(name))
+    assert sol.result == lx.RESULTS.stagnation
+    assert int(sol.stats["num_matvecs"]) < 0.5 * 10 * SMALL
+    # The reported residual is the true one (to the rounding of computing it, which
+    # at the floor is a few per cent), and it is at the floor, not garbage.
+    x = np.asarray(sol.value)
+    true_res = np.linalg.norm(b - A @ x) / np.linalg.norm(b)
+    np.testing.assert_allclose(float(sol.stats["residual"]), true_res, rtol=0.1)
+    assert RTOL < true_res < 1e-4
+    with pytest.raises(Exception, match="stagnation"):
+        _small_solve(_counted(A, _small_tags(name)), b, _small_solver(name), throw=True)
+
+
+def test_small_gcrodr_harvest_survives_a_basis_that_lost_orthogonality():
+    # Two clusters 1e6 apart: one classical Gram-Schmidt pass leaves the first
+    # cycle's basis far from orthonormal. The harvest used to assume it was, handed
+    # on a C that was not orthonormal, and GCRO-DR stagnated at 1.5e-8 after 27
+    # products where GMRES converges. It now converges, with an exact pair.
+    A, b = _two_clusters(11, 1e6)
+    solver = _small_solver("gcrodr")
+    sol = _small_solve(_counted(A), b, solver)
+    assert sol.result == lx.RESULTS.successful
+    assert int(sol.stats["num_matvecs"]) <= 40
+    space = sol.stats["recycle"]
+    U, C = np.asarray(space.basis), np.asarray(space.image)
+    np.testing.assert_allclose(C.T @ C, np.eye(C.shape[1]), atol=1e-8)
+    np.testing.assert_allclose(A @ U, C, atol=1e-6 * np.abs(U).max())
+    # Far past the attainable accuracy (cond 1e11) GCRO-DR does not converge, but
+    # it never returns an iterate worse than one it has seen (here the start, x = 0:
+    # the last iterate had a residual of ~2.8 before session 12).
+    A, b = _two_clusters(11, 1e11)
+    sol = _small_solve(_counted(A), b, solver)
+    assert sol.result != lx.RESULTS.successful
+    x = np.asarray(sol.value)
+    true_res = np.linalg.norm(b - A @ x) / np.linalg.norm(b)
+    np.testing.assert_allclose(float(sol.stats["residual"]), true_res, rtol=0.1)
+    assert true_res <= 1.0 + 1e-12
+
+

@@ -15,6 +15,7 @@ from ._misc import (
     check_tolerances,
     default_max_steps,
     final_result,
+    floor_update,
     get_preconditioner,
     get_y0,
     spd_inverse,
@@ -34,6 +35,7 @@ class CGOut(NamedTuple):
     iterations: Int[Array, ""]
     ritz: Float[Array, "n k"]  # approximate eigenvectors harvested by eigCG
     ritz_count: Int[Array, ""]  # how many Lanczos vectors they were drawn from
+    stagnated: Bool[Array, ""]  # stopped at the attainable accuracy (floor_update)
 
 
 class _State(NamedTuple):
@@ -48,6 +50,9 @@ class _State(NamedTuple):
     conv: Array
     broke: Array
     checked: Array  # whether `r` is the true residual
+    floor: Array  # smallest true residual norm at a failed confirmation (inf if none)
+    strikes: Array  # failed confirmations in a row that did not improve on `floor`
+    stag: Array  # the true residual is at its floor (`_misc.floor_update`)
     V: Array
     T: Array
     w: Array
@@ -166,10 +171,15 @@ def deflated_cg_loop(
 
     # Each branch also returns `r.r`: without a preconditioner it is `r.z`, so an
     # iteration needs two reductions, as plain CG does.
-    def confirm(x, r, rr, mv, level):
+    def confirm(x, r, rr, mv, level, floor, strikes):
         rt = b - matvec(x)
         mv = mv + 1
-        rt_ok = jnp.linalg.norm(rt) <= tol
+        rt_norm = jnp.linalg.norm(rt)
+        rt_ok = rt_norm <= tol
+        # A failed confirmation restarts CG from the true residual; failed ones that
+        # stop improving mean the true residual is at the floor rounding allows: stop
+        # (stagnation) instead of iterating on.
+        floor, strikes, stag = floor_update(~rt_ok, rt_norm, floor, strikes)
         # On replacement keep W^T r = 0 (a Galerkin correction on span(W)).
         if m:  # the correction costs a product: only when it is used
             x, rt, mv = lax.cond(
@@ -181,15 +191,17 @@ def deflated_cg_loop(
             rt = jnp.where(rt_ok, rt, rt2)
         rr = jnp.vdot(rt, rt)
         conv = rt_ok | (jnp.sqrt(rr) <= tol)
-        return x, rt, rr, mv, jnp.array(True), conv, level
+        return x, rt, rr, mv, jnp.array(True), conv, level, floor, strikes, stag & ~conv
 
-    def galerkin_restart(x, r, rr, mv, level):  # init-CG: re-deflate, restart CG
+    def galerkin_restart(x, r, rr, mv, level, floor, strikes):  # init-CG: re-deflate
         x, r, mv = correct(x, r, mv)
         rr = jnp.vdot(r, r)
-        return x, r, rr, mv, jnp.array(False), jnp.array(False), level * factor
+        false = jnp.array(False)
+        return x, r, rr, mv, false, false, level * factor, floor, strikes, false
 
-    def keep_going(x, r, rr, mv, level):
-        return x, r, rr, mv, jnp.array(False), jnp.array(False), level
+    def keep_going(x, r, rr, mv, level, floor, strikes):
+        false = jnp.array(False)
+        return x, r, rr, mv, false, false, level, floor, strikes, false
 
     def cg_step(c: _State):
         V, T, w, ab = c.V, c.T, c.w, c.ab
@@ -209,8 +221,8 @@ def deflated_cg_loop(
         rnorm = jnp.sqrt(rr)
         if factor is None:
             trigger = rnorm <= tol
-            x, r, rr, mv, checked, conv, level = lax.cond(
-                trigger, confirm, keep_going, x, r, rr, mv, c.level
+            x, r, rr, mv, checked, conv, level, floor, strikes, stag = lax.cond(
+                trigger, confirm, keep_going, x, r, rr, mv, c.level, c.floor, c.strikes
             )
         else:
             trigger = rnorm <= jnp.maximum(tol, c.level)
@@ -218,8 +230,8 @@ def deflated_cg_loop(
             def checkpoint(*args):
                 return lax.cond(rnorm <= tol, confirm, galerkin_restart, *args)
 
-            x, r, rr, mv, checked, conv, level = lax.cond(
-                trigger, checkpoint, keep_going, x, r, rr, mv, c.level
+            x, r, rr, mv, checked, conv, level, floor, strikes, stag = lax.cond(
+                trigger, checkpoint, keep_going, x, r, rr, mv, c.level, c.floor, c.strikes
             )
         if identity_precond:
             z, rz_new = r, rr
@@ -246,11 +258,14 @@ def deflated_cg_loop(
             pending = off
         else:
             pending = jnp.zeros((), dtype)
-        new = _State(x, r, z_state, p, rz_new, mv, c.it + 1, restarts, conv, bad, checked, V, T, w, ab, level)
+        new = _State(
+            x, r, z_state, p, rz_new, mv, c.it + 1, restarts, conv, bad, checked, floor,
+            strikes, stag, V, T, w, ab, level,
+        )
         return new, pending
 
     def running(c: _State):
-        return ~c.conv & ~c.broke & (c.mv < max_steps)
+        return ~c.conv & ~c.broke & ~c.stag & (c.mv < max_steps)
 
     def window(c: _State):
         pending0 = jnp.zeros((), dtype)
@@ -301,8 +316,8 @@ def deflated_cg_loop(
     # No Galerkin restarts without a space (they would only restart CG).
     level0 = fzero if factor is None else jnp.where(empty, 0.0, factor * rnorm0)
     init = _State(
-        x, r, jnp.zeros((), dtype) if identity_precond else z, p, rz, mv, zero, zero, conv0, ~ok_input, jnp.array(True), V, T, zero,
-        (fzero, fzero, zero), level0,
+        x, r, jnp.zeros((), dtype) if identity_precond else z, p, rz, mv, zero, zero, conv0, ~ok_input, jnp.array(True),
+        jnp.array(jnp.inf, dtype), zero, jnp.array(False), V, T, zero, (fzero, fzero, zero), level0,
     )
     c = lax.while_loop(running, window, init)
     x, r, mv, conv, broke, w, V, T = c.x, c.r, c.mv, c.conv, c.broke, c.w, c.V, c.T
@@ -325,7 +340,8 @@ def deflated_cg_loop(
     else:
         ritz_vectors = jnp.zeros((n, ritz), dtype)
         count = zero
-    return CGOut(x, rel, mv, c.restarts, conv, broke, ok_input, c.it, ritz_vectors, count)
+    stag = c.stag & ~conv & ~broke
+    return CGOut(x, rel, mv, c.restarts, conv, broke, ok_input, c.it, ritz_vectors, count, stag)
 
 
 def check_spd_operator(operator, name: str):
@@ -460,7 +476,7 @@ def run_cg(
             branches.append(lambda *a: loop_fn(harvest, False, *a))
             index = jnp.where(deflate_on, index, len(branches) - 1)
         loop = lax.switch(index, branches, *operands)
-    result = final_result(loop.converged, loop.ok_input, jnp.array(False), ~loop.broke)
+    result = final_result(loop.converged, loop.ok_input, loop.stagnated, ~loop.broke)
     stats = {
         "num_matvecs": loop.num_matvecs,
         "num_restarts": loop.num_restarts,

@@ -165,6 +165,27 @@ def default_max_steps(max_steps: int | None, n: int) -> int:
     return 10 * n if max_steps is None else max_steps
 
 
+# A confirmation of convergence that fails (the recurrence residual met the
+# tolerance, the true residual did not) restarts the iteration from the true
+# residual. When FLOOR_STRIKES failed confirmations in a row find the true residual
+# above FLOOR_GAIN times the smallest one found before, the residual is at the floor
+# rounding allows (the tolerance is below the attainable accuracy), and the solvers
+# report stagnation instead of iterating to `max_steps`. (Two strikes stopped a
+# float32 CG at rtol 1e-5 one confirmation before it converged.)
+FLOOR_GAIN = 0.9
+FLOOR_STRIKES = 3
+
+
+def floor_update(failed, rnorm, floor, strikes):
+    """One confirmation's effect on `(floor, strikes)`: the smallest true residual
+    norm at a failed confirmation, and the failed confirmations in a row that did not
+    improve on it by `FLOOR_GAIN`. Returns `(floor, strikes, at_floor)`."""
+    improved = rnorm <= FLOOR_GAIN * floor
+    strikes = jnp.where(failed, jnp.where(improved, 0, strikes + 1), strikes)
+    floor = jnp.where(failed, jnp.minimum(floor, rnorm), floor)
+    return floor, strikes, strikes >= FLOOR_STRIKES
+
+
 def final_result(converged, ok_input, stagnated, finite):
     """Maps the loop's exit flags to a lineax RESULTS value."""
     result = lx.RESULTS.where(converged, lx.RESULTS.successful, lx.RESULTS.max_steps_reached)

@@ -9,7 +9,7 @@ from jax import lax
 from jaxtyping import Array, Bool, Float, Int
 
 from ._arnoldi import Cycle, arnoldi_cycle, block_comb, block_dot, cycle_update
-from ._misc import all_finite
+from ._misc import all_finite, floor_update
 
 
 class LoopOut(NamedTuple):
@@ -64,7 +64,10 @@ def restarted_krylov(
     both cycle kinds: a projected cycle has `cycle.B.shape[0] = k`, a plain one 0).
     The loop exits as soon as the *true* residual meets `||b - A x|| <= rtol ||b|| +
     atol`: the cheap Givens estimate only triggers the check, and one matrix-vector
-    product (counted) confirms it.
+    product (counted) confirms it. It ends as stagnated when a full cycle makes no
+    progress, or when checks keep finding the true residual above the tolerance
+    without improving on it (`_misc.floor_update`: the attainable accuracy is
+    reached, the tolerance is below what rounding allows).
     """
     dtype = b.dtype
     k = 0 if U is None else U.shape[0]
@@ -91,13 +94,14 @@ def restarted_krylov(
         return b_safe - matvec(x), matvecs + 1
 
     def cond(carry):
-        *_, mv, _, conv, stag, broke = carry
+        *_, mv, _, conv, stag, broke, _, _, _, _ = carry
         return ~(conv | stag | broke) & (mv < max_steps)
 
     def body(carry, size, fresh):
         # `fresh`: the first cycle of a solve without a space (U = C = 0): a plain
         # GMRES(size) cycle, no projection.
-        x, r, rnorm, _, U, C, have, grams, mv, cyc, conv, stag, broke = carry
+        (x, r, rnorm, _, U, C, have, grams, mv, cyc, conv, stag, broke, floor, strikes,
+         best_x, best) = carry
         project = k > 0 and not fresh
         if project:
             # U and C are zero when `have` is False, so no masking is needed.
@@ -134,9 +138,26 @@ def restarted_krylov(
         conv = check & (rnorm_new <= tol)
         full = cycle.steps >= limit
         no_progress = rnorm_new >= rnorm * (1 - 1e3 * jnp.finfo(dtype).eps)
-        stag = ~conv & full & no_progress
+        # The attainable accuracy: the recurrence says "converged" but the true
+        # residual does not follow (rounding, a tolerance below what the precision
+        # allows). The loop restarts from the true residual; when such failed
+        # confirmations stop improving (`floor_update`), the true residual is at its
+        # floor, and the solve ends as stagnated instead of spending the remaining
+        # products.
+        failed = (cycle.estimate <= tol) & ~conv
+        floor, strikes, at_floor = floor_update(failed, rnorm_new, floor, strikes)
+        stag = ~conv & (full & no_progress | at_floor)
+        # The best iterate whose true residual is known: on problems near the limit
+        # of the precision (e.g. a recycle space for eigenvalues ~1e-10) an iterate
+        # can end worse than an earlier one, and the solve returns the best.
+        improved = check & (rnorm_new < best)
+        best_x = jnp.where(improved, x, best_x)
+        best = jnp.where(improved, rnorm_new, best)
         broke = ~conv & (cycle.breakdown & no_progress | ~jnp.isfinite(rnorm_new))
-        return x, r_new, rnorm_new, check, U, C, have, grams, mv, cyc + 1, conv, stag, broke
+        return (
+            x, r_new, rnorm_new, check, U, C, have, grams, mv, cyc + 1, conv, stag, broke,
+            floor, strikes, best_x, best,
+        )
 
     r0norm = jnp.linalg.norm(r0)
     init = (
@@ -153,6 +174,10 @@ def restarted_krylov(
         r0norm <= tol,
         jnp.array(False),
         ~ok_input,
+        jnp.array(jnp.inf, dtype),
+        jnp.array(0, jnp.int32),
+        x0,
+        r0norm,
     )
     if k > 0:
         # Without a recycle space the first cycle is a full GMRES(m) cycle, which
@@ -164,12 +189,14 @@ def restarted_krylov(
         loop_size = size - k
     else:
         loop_size = size
-    x, r, rnorm, r_true, U, C, have, grams, mv, cyc, conv, stag, broke = lax.while_loop(
-        cond, lambda c: body(c, loop_size, k == 0), init
-    )
+    (x, r, rnorm, r_true, U, C, have, grams, mv, cyc, conv, stag, broke, _, _, best_x,
+     best) = lax.while_loop(cond, lambda c: body(c, loop_size, k == 0), init)
     # Report the true residual, computing it if the loop left on an estimate.
     r, mv = lax.cond(r_true, lambda x, m: (r, m), true_residual, x, mv)
     rnorm = jnp.linalg.norm(r)
+    worse = best < rnorm
+    x = jnp.where(worse, best_x, x)
+    rnorm = jnp.minimum(rnorm, best)
     conv = conv | (rnorm <= tol)
     rel = rnorm / jnp.where(bnorm > 0, bnorm, 1.0)
     broke = broke & ok_input
