@@ -145,7 +145,8 @@ def harmonic_ritz_harvest(k: int):
             U_out = U_out + coef_u @ Uf
         U_out = U_out.reshape(U.shape)
         # The new Gram matrices from small ones: C'^T U' = Qp^T (Ŵ^T V̂) coef^T and
-        # U'^T U' = coef (V̂^T V̂) coef^T, V̂^T V̂ = [[D U^T U D, (V^T U D)^T], [V^T U D, I]].
+        # U'^T U' = coef (V̂^T V̂) coef^T, V̂^T V̂ = [[D U^T U D, (V^T U D)^T], [V^T U D,
+        # V_S^T V_S]] (the measured Gram block, masked to the used columns).
         used2 = used[:, None] & used[None, :]
         VhtVh = jnp.block([[UtU, VtU[:size].T], [VtU[:size], jnp.where(used2, VV[:size, :size], 0.0)]])
         grams_new = (Qp.T @ WtV @ coef.T, coef @ VhtVh @ coef.T)
