@@ -11,6 +11,7 @@ from jaxtyping import Array, Bool, Float, Int
 from ._gmres import conj_options, transpose_options
 from ._misc import (
     all_finite,
+    at_floor,
     check_square,
     check_tolerances,
     default_max_steps,
@@ -52,7 +53,6 @@ class _State(NamedTuple):
     checked: Array  # whether `r` is the true residual
     floor: Array  # smallest true residual norm at a failed confirmation (inf if none)
     strikes: Array  # failed confirmations in a row that did not improve on `floor`
-    stag: Array  # the true residual is at its floor (`_misc.floor_update`)
     V: Array
     T: Array
     w: Array
@@ -179,7 +179,7 @@ def deflated_cg_loop(
         # A failed confirmation restarts CG from the true residual; failed ones that
         # stop improving mean the true residual is at the floor rounding allows: stop
         # (stagnation) instead of iterating on.
-        floor, strikes, stag = floor_update(~rt_ok, rt_norm, floor, strikes)
+        floor, strikes, _ = floor_update(~rt_ok, rt_norm, floor, strikes)
         # On replacement keep W^T r = 0 (a Galerkin correction on span(W)).
         if m:  # the correction costs a product: only when it is used
             x, rt, mv = lax.cond(
@@ -191,17 +191,17 @@ def deflated_cg_loop(
             rt = jnp.where(rt_ok, rt, rt2)
         rr = jnp.vdot(rt, rt)
         conv = rt_ok | (jnp.sqrt(rr) <= tol)
-        return x, rt, rr, mv, jnp.array(True), conv, level, floor, strikes, stag & ~conv
+        return x, rt, rr, mv, jnp.array(True), conv, level, floor, strikes
 
     def galerkin_restart(x, r, rr, mv, level, floor, strikes):  # init-CG: re-deflate
         x, r, mv = correct(x, r, mv)
         rr = jnp.vdot(r, r)
         false = jnp.array(False)
-        return x, r, rr, mv, false, false, level * factor, floor, strikes, false
+        return x, r, rr, mv, false, false, level * factor, floor, strikes
 
     def keep_going(x, r, rr, mv, level, floor, strikes):
         false = jnp.array(False)
-        return x, r, rr, mv, false, false, level, floor, strikes, false
+        return x, r, rr, mv, false, false, level, floor, strikes
 
     def cg_step(c: _State):
         V, T, w, ab = c.V, c.T, c.w, c.ab
@@ -221,7 +221,7 @@ def deflated_cg_loop(
         rnorm = jnp.sqrt(rr)
         if factor is None:
             trigger = rnorm <= tol
-            x, r, rr, mv, checked, conv, level, floor, strikes, stag = lax.cond(
+            x, r, rr, mv, checked, conv, level, floor, strikes = lax.cond(
                 trigger, confirm, keep_going, x, r, rr, mv, c.level, c.floor, c.strikes
             )
         else:
@@ -230,7 +230,7 @@ def deflated_cg_loop(
             def checkpoint(*args):
                 return lax.cond(rnorm <= tol, confirm, galerkin_restart, *args)
 
-            x, r, rr, mv, checked, conv, level, floor, strikes, stag = lax.cond(
+            x, r, rr, mv, checked, conv, level, floor, strikes = lax.cond(
                 trigger, checkpoint, keep_going, x, r, rr, mv, c.level, c.floor, c.strikes
             )
         if identity_precond:
@@ -260,12 +260,12 @@ def deflated_cg_loop(
             pending = jnp.zeros((), dtype)
         new = _State(
             x, r, z_state, p, rz_new, mv, c.it + 1, restarts, conv, bad, checked, floor,
-            strikes, stag, V, T, w, ab, level,
+            strikes, V, T, w, ab, level,
         )
         return new, pending
 
     def running(c: _State):
-        return ~c.conv & ~c.broke & ~c.stag & (c.mv < max_steps)
+        return ~c.conv & ~c.broke & ~at_floor(c.strikes) & (c.mv < max_steps)
 
     def window(c: _State):
         pending0 = jnp.zeros((), dtype)
@@ -317,7 +317,7 @@ def deflated_cg_loop(
     level0 = fzero if factor is None else jnp.where(empty, 0.0, factor * rnorm0)
     init = _State(
         x, r, jnp.zeros((), dtype) if identity_precond else z, p, rz, mv, zero, zero, conv0, ~ok_input, jnp.array(True),
-        jnp.array(jnp.inf, dtype), zero, jnp.array(False), V, T, zero, (fzero, fzero, zero), level0,
+        jnp.array(jnp.inf, dtype), zero, V, T, zero, (fzero, fzero, zero), level0,
     )
     c = lax.while_loop(running, window, init)
     x, r, mv, conv, broke, w, V, T = c.x, c.r, c.mv, c.conv, c.broke, c.w, c.V, c.T
@@ -340,7 +340,7 @@ def deflated_cg_loop(
     else:
         ritz_vectors = jnp.zeros((n, ritz), dtype)
         count = zero
-    stag = c.stag & ~conv & ~broke
+    stag = at_floor(c.strikes) & ~conv & ~broke
     return CGOut(x, rel, mv, c.restarts, conv, broke, ok_input, c.it, ritz_vectors, count, stag)
 
 

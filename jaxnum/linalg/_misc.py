@@ -183,7 +183,12 @@ def floor_update(failed, rnorm, floor, strikes):
     improved = rnorm <= FLOOR_GAIN * floor
     strikes = jnp.where(failed, jnp.where(improved, 0, strikes + 1), strikes)
     floor = jnp.where(failed, jnp.minimum(floor, rnorm), floor)
-    return floor, strikes, strikes >= FLOOR_STRIKES
+    return floor, strikes, at_floor(strikes)
+
+
+def at_floor(strikes):
+    """Whether `strikes` (from `floor_update`) says the residual is at its floor."""
+    return strikes >= FLOOR_STRIKES
 
 
 def final_result(converged, ok_input, stagnated, finite):
