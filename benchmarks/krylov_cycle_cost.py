@@ -56,6 +56,8 @@ def main():
     parser.add_argument("--max-steps", type=int, default=1500,
                         help="products per timed solve at most (the same for every setting)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--projection-dtype", default=None, choices=["float32", "float64"],
+                        help="GCRODR(projection_dtype=...): the precision C is held in")
     args = parser.parse_args()
     settings = [tuple(g) for g in args.gcrodr] if args.gcrodr else [(40, 20, 4), (80, 60, 4)]
     params, make, rhs, _, desc = kr.make_case(args.case, 2, 0)
@@ -78,6 +80,8 @@ def main():
         first = lx.linear_solve(op1, rhs, jl.GCRODR(kr.RTOL, 0.0, restart=m, recycle=k), throw=False)
         space = first.stats["recycle"]
         Ct = space.image.T.reshape(k, *shape)
+        if args.projection_dtype:
+            Ct = Ct.astype(args.projection_dtype)
         Ut = space.basis.T.reshape(k, *shape)
         cycle_fn = jax.jit(
             lambda r, Ct, S=S: arnoldi_cycle(matvec, lambda v: v, r, jnp.linalg.norm(r), Ct, S, S, 0.0)
@@ -89,7 +93,8 @@ def main():
         grams = (Ct.reshape(k, -1) @ Uf.T, Uf @ Uf.T)
         harvest_fn = jax.jit(lambda U, C, g, c, hv=harvest: hv(U, C, jnp.array(True), g, c))
         t_harvest = median_ms(harvest_fn, Ut, Ct, grams, cycle, repeats=args.repeats)
-        solver = jl.GCRODR(kr.RTOL, 0.0, restart=m, recycle=k, harvest_every=h, max_steps=args.max_steps)
+        solver = jl.GCRODR(kr.RTOL, 0.0, restart=m, recycle=k, harvest_every=h, max_steps=args.max_steps,
+                           projection_dtype=args.projection_dtype)
         solve_fn = jax.jit(
             lambda sp, s=solver: lx.linear_solve(op2, rhs, s, options={"recycle": sp}, throw=False).stats
         )

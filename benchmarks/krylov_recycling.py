@@ -27,7 +27,8 @@ included; DeflatedCG with its default `harvest_keep = k // 2` (`--dcg-keep`), an
 also GCRO-DR with `harvest_every=H` in similarity order, and with `--gcrodr-alt M K H`
 also `GCRODR(restart=M, recycle=K, harvest_every=H)`, both without carrying and in
 similarity order (rows named by their `(m, k)`; its carry ratio uses its own no-carry
-row), and with `--coarse B` also GMRES(40) and GCRO-DR(40, 20) with two-level
+row), with `--gcrodr-alt32 M K H` the same with `projection_dtype=float32` (C held
+and applied in float32, the answer in float64; session 13), and with `--coarse B` also GMRES(40) and GCRO-DR(40, 20) with two-level
 (subdomain) deflation on blocks of edge B (`coarse_blocks=B`), GCRO-DR both without
 carrying and in similarity order.
 
@@ -336,12 +337,15 @@ def run_case(name, args):
         rec = jl.GCRODR(RTOL, 0.0, restart=M, recycle=K, harvest_every=args.harvest_every)
         rec_name = "GCRO-DR(40,20)"
     alts = []
-    if not symmetric and args.gcrodr_alt:
+    alt_settings = [(*a, None) for a in args.gcrodr_alt or []]
+    alt_settings += [(*a, "float32") for a in args.gcrodr_alt32 or []]
+    if not symmetric and alt_settings:
         # Session 6: other (m, k, harvest_every) settings (repeatable since session 9),
         # each with its own no-carry row, so that its carry ratio compares like with like.
-        for m2, k2, h2 in args.gcrodr_alt:
-            alt = jl.GCRODR(RTOL, 0.0, restart=m2, recycle=k2, harvest_every=h2)
-            alt_name = f"GCRO-DR({m2},{k2}, harvest_every={h2})"
+        # Session 13: also with C held in float32 (`projection_dtype`).
+        for m2, k2, h2, pd in alt_settings:
+            alt = jl.GCRODR(RTOL, 0.0, restart=m2, recycle=k2, harvest_every=h2, projection_dtype=pd)
+            alt_name = f"GCRO-DR({m2},{k2}, harvest_every={h2}" + (", float32 C)" if pd else ")")
             indep[f"jaxnum {alt_name}, no carry"] = alt
             alts.append((alt, alt_name, "similarity"))
     if not symmetric and args.coarse:
@@ -565,6 +569,9 @@ def main():
                         help="also run GCRODR(restart=M, recycle=K, harvest_every=H) without carrying "
                              "(like the other independent rows) and in similarity order (non-symmetric "
                              "cases); repeatable")
+    parser.add_argument("--gcrodr-alt32", type=int, nargs=3, metavar=("M", "K", "H"), default=None,
+                        action="append",
+                        help="as --gcrodr-alt, with projection_dtype=float32 (C in float32); repeatable")
     parser.add_argument("--coarse", type=int, metavar="B", default=None,
                         help="also run GMRES(40) and GCRO-DR(40,20) with coarse_blocks=B (two-level "
                              "deflation; GCRO-DR without carrying and in similarity order; non-symmetric cases)")

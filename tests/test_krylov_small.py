@@ -380,3 +380,52 @@ def test_small_gcrodr_harvest_survives_a_basis_that_lost_orthogonality():
     assert true_res <= 1.0 + 1e-12
 
 
+
+
+def test_small_gcrodr_float32_projection_keeps_float64_answers():
+    # `projection_dtype=float32` holds C (and the projection against it) in float32
+    # while x, U and the Krylov vectors stay float64. The answers must still meet
+    # the float64 tolerance, checked against the true residual: one cycle here
+    # converges by ~1e10, far more than a float32 C allows, so the first solve's
+    # recurrence must be replaced by true residuals. The pair handed on is float64,
+    # with A U = C and C orthonormal to float32 accuracy, and carrying still pays.
+    rng = np.random.default_rng(14)
+    n = 8
+    a = np.exp(0.5 * rng.standard_normal((n, n)))
+    v = 8 * rng.standard_normal((2, n, n))
+    solver = jl.GCRODR(
+        rtol=RTOL, atol=0.0, restart=16, recycle=6, max_steps=jnp.asarray(10 * SMALL),
+        projection_dtype=jnp.float32,
+    )
+    space, counts = None, []
+    for i in range(3):
+        op = jl.convection_diffusion_operator(jnp.asarray(a * (1 + 0.02 * i)), jnp.asarray(v))
+        A = np.asarray(op.as_matrix())
+        b = rng.standard_normal(SMALL)
+        sol, count = _counted_solve(_counted(A), b, solver, space)
+        assert sol.result == lx.RESULTS.successful
+        assert int(sol.stats["num_matvecs"]) == count
+        x = np.asarray(sol.value)
+        assert x.dtype == np.float64
+        true_res = np.linalg.norm(b - A @ x) / np.linalg.norm(b)
+        assert true_res <= RTOL
+        np.testing.assert_allclose(float(sol.stats["residual"]), true_res, rtol=1e-3)
+        np.testing.assert_allclose(x, np.linalg.solve(A, b), rtol=1e-7)
+        space = sol.stats["recycle"]
+        U, C = np.asarray(space.basis), np.asarray(space.image)
+        assert U.dtype == C.dtype == np.float64
+        np.testing.assert_allclose(C.T @ C, np.eye(C.shape[1]), atol=1e-6)
+        np.testing.assert_allclose(A @ U, C, atol=1e-5)
+        counts.append(count)
+    assert max(counts[1:]) < counts[0], counts
+    # The option takes effect: the compiled solve holds C as float32 rows.
+    lowered = jax.jit(
+        lambda b: lx.linear_solve(_counted(A), b, solver, options={"recycle": space}).value
+    ).lower(jnp.asarray(b))
+    assert f"tensor<6x{SMALL}xf32>" in lowered.as_text()
+
+
+@pytest.mark.parametrize("bad", [jnp.int32, "nonsense"])
+def test_gcrodr_projection_dtype_must_be_floating(bad):
+    with pytest.raises(ValueError, match="projection_dtype.*real floating dtype"):
+        jl.GCRODR(rtol=1e-8, atol=0.0, projection_dtype=bad)

@@ -63,6 +63,9 @@ def arnoldi_cycle(
     runs: an Arnoldi cycle of GCRO-DR(80, 60) at 128^2 took 8.8 ms with the shared
     buffer, 8.0-8.3 ms without; see `benchmarks/krylov_cycle_cost.py`).
 
+    `C^T` may be held in a lower precision than `r` (GCRO-DR's `projection_dtype`):
+    its products then run in that precision, and `B` comes back in `r`'s.
+
     Orthogonalisation is classical Gram-Schmidt, one pass (as `lineax.GMRES`) or two
     (`reorthogonalize`, CGS2, as stable as modified Gram-Schmidt); the exit test on
     the true residual guards the answer either way. Stops early once the Givens
@@ -75,7 +78,6 @@ def arnoldi_cycle(
     eps = jnp.finfo(dtype).eps
     v0 = (r / jnp.where(beta > 0, beta, 1.0))[None]
     ends = [min(size, (c + 1) * CHUNK) for c in range(math.ceil(size / CHUNK))]
-    Ct = None if Ct is None else Ct.astype(dtype)
     W = jnp.concatenate([v0, jnp.zeros((ends[0], *shape), dtype)])
     H = jnp.zeros((size + 1, size), dtype)
     R = jnp.zeros((size + 1, size), dtype)
@@ -99,8 +101,10 @@ def arnoldi_cycle(
             hh = block_dot(W, w)  # rows past j are zero
             if Ct is None:
                 return w - block_comb(hh, W), hh, None
-            b = block_dot(Ct, w)
-            return w - block_comb(hh, W) - block_comb(b, Ct), hh, b
+            # `C^T` may be held in a lower precision than the vectors (GCRO-DR's
+            # `projection_dtype`): its half of the pass then runs in that precision.
+            b = block_dot(Ct, w.astype(Ct.dtype))
+            return w - block_comb(hh, W) - block_comb(b, Ct).astype(dtype), hh, b.astype(dtype)
 
         w, hh, b = gram_schmidt(w)
         if reorthogonalize:

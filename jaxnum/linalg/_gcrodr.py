@@ -1,6 +1,7 @@
 """GCRO-DR: GMRES with deflated restarting and Krylov subspace recycling."""
 
 import math
+from typing import Any
 
 import jax.numpy as jnp
 import lineax as lx
@@ -50,12 +51,16 @@ def harmonic_ritz_harvest(k: int):
         # U and C arrive as rows, (k, *shape), with their Gram matrices
         # grams = (C U^T, U U^T); the cycle projected against C (kc = k), or not at all
         # (kc = 0, when U = C = 0). The long products below work on flat views of
-        # these blocks (reshapes of contiguous arrays, no copies).
+        # these blocks (reshapes of contiguous arrays, no copies). C may be held in a
+        # lower precision than the cycle (`projection_dtype`): the new C is then formed
+        # in that precision, from a copy of V in it. U keeps the working precision.
         dtype = U.dtype
+        low = C.dtype
         size = cycle.H.shape[1]
         kc = cycle.B.shape[0]
         n = math.prod(U.shape[1:])
         Vf = cycle.V.reshape(size + 1, n)  # V^T, (S+1, n)
+        Vl = Vf.astype(low)
         Uf = U.reshape(k, n)
         CtU, UtU = grams
         j = cycle.steps
@@ -134,9 +139,9 @@ def harmonic_ritz_harvest(k: int):
         coef = coef.at[:, k:].set(jnp.where(used[None, :], coef[:, k:], 0.0))
         keep_c = jnp.eye(kc + size + 1, k, dtype=dtype)  # [I; 0]: C itself (0 if kc = 0)
         C_coef = jnp.where(ok, Qp[k - kc :], keep_c)
-        C_out = C_coef[kc:].T @ Vf
+        C_out = C_coef[kc:].T.astype(low) @ Vl
         if kc:
-            C_out = C_out + C_coef[:kc].T @ C.reshape(k, n)
+            C_out = C_out + C_coef[:kc].T.astype(low) @ C.reshape(k, n)
         C_out = C_out.reshape(C.shape)
         coef_v = jnp.concatenate([coef[:, k:], jnp.zeros((k, 1), dtype)], axis=1)
         U_out = jnp.where(ok, coef_v, 0.0) @ Vf
@@ -195,6 +200,19 @@ class GCRODR(lx.AbstractLinearSolver):
         for about the same products. Keep 1 for hard (e.g. indefinite) problems: on the
         Helmholtz benchmark family a solve that starts without a space needs 2.4x
         the products with 4 (see `docs/linalg.md`).
+    - `projection_dtype`: the precision in which `C`, the orthonormal image of the
+        recycle space that every Arnoldi step projects against, is held and applied
+        during a solve (default: the operator's). `jnp.float32` for a float64
+        operator halves the memory traffic of that projection, which dominates an
+        Arnoldi step once `k` is large (see `docs/linalg.md`). The answer keeps the
+        operator's precision: `U` and the Krylov vectors stay in it, and the loop
+        replaces the recurrence residual by the true one (one counted product)
+        whenever it has fallen by `sqrt(eps)` of `C`'s precision since the last true
+        residual, so the exit test is unchanged. A cycle then cannot reduce the
+        residual by much more than `1/eps` of `C`'s precision (~1e7 in float32):
+        keep the default where single cycles converge by more than that, or where
+        deflation must resolve eigenvalues that far apart. The space handed to the
+        next solve (`stats["recycle"]`) is in the operator's dtype either way.
     - `coarse_blocks`: two-level (subdomain) deflation, as in `GMRES`: the solver
         (recycle space included) works on `P A x̂ = P b` with the grid's block
         indicators deflated, and recovers `x`. For star-stencil operators without
@@ -224,9 +242,20 @@ class GCRODR(lx.AbstractLinearSolver):
     reorthogonalize: bool = False
     harvest_every: int = 1
     coarse_blocks: int | tuple[int, ...] | None = None
+    projection_dtype: Any = None
 
     def __check_init__(self):
         check_tolerances("GCRODR", self.rtol, self.atol)
+        if self.projection_dtype is not None:
+            try:
+                floating = jnp.issubdtype(jnp.dtype(self.projection_dtype), jnp.floating)
+            except TypeError:
+                floating = False
+            if not floating:
+                raise ValueError(
+                    "GCRODR: `projection_dtype` must be a real floating dtype (e.g. "
+                    f"jnp.float32) or None for the operator's own; got {self.projection_dtype!r}."
+                )
         check_coarse_blocks(self.coarse_blocks, "GCRODR")
         if self.recycle < 1:
             raise ValueError(f"GCRODR: `recycle` must be at least 1, got {self.recycle}.")
@@ -280,8 +309,9 @@ class GCRODR(lx.AbstractLinearSolver):
         U, C, ok = lax.cond(carried, project, skip, space.basis)
         have = carried & ok
         # Rows in the working shape, zero without a space (the loop relies on it).
+        store = flat.dtype if self.projection_dtype is None else jnp.dtype(self.projection_dtype)
         U = jnp.where(have, U, 0.0).T.reshape(k, *shape)
-        C = jnp.where(have, C, 0.0).T.reshape(k, *shape)
+        C = jnp.where(have, C, 0.0).T.reshape(k, *shape).astype(store)
         loop = restarted_krylov(
             matvec,
             precond,
@@ -302,7 +332,7 @@ class GCRODR(lx.AbstractLinearSolver):
         )
         loop = finish(loop)
         U_new = loop.U.reshape(k, n).T
-        C_new = loop.C.reshape(k, n).T
+        C_new = loop.C.reshape(k, n).T.astype(flat.dtype)
         # A failed harvest hands the old pair back through its coefficients, which
         # would not protect it from non-finite Arnoldi vectors: check once per solve.
         keep = loop.have & all_finite(U_new, C_new)

@@ -57,7 +57,7 @@ def restarted_krylov(
     Vectors keep their own shape (`b.shape`, e.g. the operator's grid), and `matvec`
     and `precond` act on that shape. The recycle pair is given as rows: `U`, `C`
     `(k, *shape)` with `A M U^T = C^T` and `C` orthonormal, and zero when `have` is
-    False. With it every cycle is a GCRO-DR cycle of `size - k` Arnoldi steps on
+    False (`C` may be in a lower precision than `b`: see below). With it every cycle is a GCRO-DR cycle of `size - k` Arnoldi steps on
     `(I - C C^T) A M`; without one (`have` False) the first cycle is a GMRES(`size`)
     cycle without the projection. `harvest(U, C, have, grams, cycle)` updates the pair
     (and its Gram matrices `grams = (C U^T, U U^T)`) after each cycle (it must accept
@@ -88,26 +88,42 @@ def restarted_krylov(
     # The pair's Gram matrices, once per solve (the harvest updates them from small
     # matrices afterwards). Zero without a space, like U and C.
     Uf = U.reshape(k, math.prod(b.shape))
-    grams = (C.reshape(Uf.shape) @ Uf.T, Uf @ Uf.T)
+    grams = (C.reshape(Uf.shape).astype(dtype) @ Uf.T, Uf @ Uf.T)
+    # C may be held in a lower precision than the vectors (GCRO-DR's
+    # `projection_dtype`; U never is: A U = C must hold to the working precision
+    # relative to ||C||, and rounding U would break it by ~cond(A) times its
+    # rounding). Products with C then run in that precision, and the recurrence
+    # residual drifts from the true one by about its rounding times the residual's
+    # size: the loop replaces the recurrence by the true residual (one counted
+    # product) whenever it has fallen by `sqrt(eps)` of that precision since the
+    # last true residual, so the drift stays far below the current residual.
+    low = k > 0 and jnp.dtype(C.dtype) != jnp.dtype(dtype)
+    replace_drop = math.sqrt(float(jnp.finfo(C.dtype).eps)) if low else 0.0
+
+    def to_low(v):
+        return v.astype(C.dtype)
+
+    def from_low(v):
+        return v.astype(dtype)
 
     def true_residual(x, matvecs):
         return b_safe - matvec(x), matvecs + 1
 
     def cond(carry):
-        *_, mv, _, conv, stag, broke, _, _, _, _ = carry
+        *_, mv, _, conv, stag, broke, _, _, _, _, _ = carry
         return ~(conv | stag | broke) & (mv < max_steps)
 
     def body(carry, size, fresh):
         # `fresh`: the first cycle of a solve without a space (U = C = 0): a plain
         # GMRES(size) cycle, no projection.
         (x, r, rnorm, _, U, C, have, grams, mv, cyc, conv, stag, broke, floor, strikes,
-         best_x, best) = carry
+         best_x, best, anchor) = carry
         project = k > 0 and not fresh
         if project:
             # U and C are zero when `have` is False, so no masking is needed.
-            coef = block_dot(C, r)
-            x = x + precond(block_comb(coef, U))
-            r = r - block_comb(coef, C)
+            coef = block_dot(C, to_low(r))
+            x = x + precond(block_comb(from_low(coef), U))
+            r = r - from_low(block_comb(coef, C))
             rnorm = jnp.linalg.norm(r)
         limit = jnp.clip(max_steps - mv, 1, size)
         cycle = arnoldi_cycle(
@@ -133,6 +149,8 @@ def restarted_krylov(
         elif harvest is not None:
             U, C, have, grams = harvest(U, C, have, grams, cycle)
         check = (cycle.estimate <= tol) | (mv >= max_steps) | cycle.breakdown
+        if low:
+            check = check | (jnp.linalg.norm(r_rec) < replace_drop * anchor)
         r_new, mv = lax.cond(check, true_residual, lambda x, m: (r_rec, m), x, mv)
         rnorm_new = jnp.linalg.norm(r_new)
         conv = check & (rnorm_new <= tol)
@@ -150,13 +168,14 @@ def restarted_krylov(
         # The best iterate whose true residual is known: on problems near the limit
         # of the precision (e.g. a recycle space for eigenvalues ~1e-10) an iterate
         # can end worse than an earlier one, and the solve returns the best.
+        anchor = jnp.where(check, rnorm_new, anchor)
         improved = check & (rnorm_new < best)
         best_x = jnp.where(improved, x, best_x)
         best = jnp.where(improved, rnorm_new, best)
         broke = ~conv & (cycle.breakdown & no_progress | ~jnp.isfinite(rnorm_new))
         return (
             x, r_new, rnorm_new, check, U, C, have, grams, mv, cyc + 1, conv, stag, broke,
-            floor, strikes, best_x, best,
+            floor, strikes, best_x, best, anchor,
         )
 
     r0norm = jnp.linalg.norm(r0)
@@ -178,6 +197,7 @@ def restarted_krylov(
         jnp.array(0, jnp.int32),
         x0,
         r0norm,
+        r0norm,
     )
     if k > 0:
         # Without a recycle space the first cycle is a full GMRES(m) cycle, which
@@ -190,7 +210,7 @@ def restarted_krylov(
     else:
         loop_size = size
     (x, r, rnorm, r_true, U, C, have, grams, mv, cyc, conv, stag, broke, _, _, best_x,
-     best) = lax.while_loop(cond, lambda c: body(c, loop_size, k == 0), init)
+     best, _) = lax.while_loop(cond, lambda c: body(c, loop_size, k == 0), init)
     # Report the true residual, computing it if the loop left on an estimate.
     r, mv = lax.cond(r_true, lambda x, m: (r, m), true_residual, x, mv)
     rnorm = jnp.linalg.norm(r)
