@@ -429,3 +429,28 @@ def test_small_gcrodr_float32_projection_keeps_float64_answers():
 def test_gcrodr_projection_dtype_must_be_floating(bad):
     with pytest.raises(ValueError, match="projection_dtype.*real floating dtype"):
         jl.GCRODR(rtol=1e-8, atol=0.0, projection_dtype=bad)
+
+
+@pytest.mark.parametrize("cond", [1e3, 1e5])
+def test_small_gcrodr_float32_projection_never_fails_silently(cond):
+    # Where the deflated eigenvalues lie far below the rest, a float32 C costs
+    # products (cond 1e3) or stagnates (cond 1e5: ~2e-3 in session 13). Either way
+    # the result and the residual must be honest: success only at the tolerance,
+    # and the reported residual is the true one.
+    A, b = _two_clusters(11, cond)
+    solver = jl.GCRODR(
+        rtol=RTOL, atol=0.0, restart=16, recycle=6, max_steps=jnp.asarray(10 * SMALL),
+        projection_dtype=jnp.float32,
+    )
+    first = _small_solve(_counted(A), b, solver)
+    assert first.result == lx.RESULTS.successful
+    b2 = b[::-1].copy()
+    sol = _small_solve(_counted(A), b2, solver, first.stats["recycle"])
+    x = np.asarray(sol.value)
+    true_res = np.linalg.norm(b2 - A @ x) / np.linalg.norm(b2)
+    np.testing.assert_allclose(float(sol.stats["residual"]), true_res, rtol=0.1)
+    if sol.result == lx.RESULTS.successful:
+        assert true_res <= RTOL
+    else:
+        assert sol.result == lx.RESULTS.stagnation
+        assert true_res > RTOL

@@ -210,8 +210,10 @@ class GCRODR(lx.AbstractLinearSolver):
         whenever it has fallen by `sqrt(eps)` of `C`'s precision since the last true
         residual, so the exit test is unchanged. A cycle then cannot reduce the
         residual by much more than `1/eps` of `C`'s precision (~1e7 in float32):
-        keep the default where single cycles converge by more than that, or where
-        deflation must resolve eigenvalues that far apart. The space handed to the
+        keep the default where single cycles converge by more than that, and where
+        the deflated eigenvalues lie far below the rest of the spectrum (two
+        clusters 1e5 apart: a carried float32 `C` stagnates at ~1e-3, reported as
+        `RESULTS.stagnation`; see `docs/linalg.md`). The space handed to the
         next solve (`stats["recycle"]`) is in the operator's dtype either way.
     - `coarse_blocks`: two-level (subdomain) deflation, as in `GMRES`: the solver
         (recycle space included) works on `P A x̂ = P b` with the grid's block
