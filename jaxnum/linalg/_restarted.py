@@ -120,9 +120,10 @@ def restarted_krylov(
          best_x, best, anchor) = carry
         project = k > 0 and not fresh
         if project:
-            # U and C are zero when `have` is False, so no masking is needed.
+            # U and C are zero when `have` is False, so no masking is needed. The
+            # matching update of x, `M U coef`, joins the cycle's own correction
+            # below (one pass over U and one preconditioner application per cycle).
             coef = block_dot(C, to_low(r))
-            x = x + precond(block_comb(from_low(coef), U))
             r = r - from_low(block_comb(coef, C))
             rnorm = jnp.linalg.norm(r)
         limit = jnp.clip(max_steps - mv, 1, size)
@@ -132,7 +133,7 @@ def restarted_krylov(
         )
         dx, decrease = cycle_update(cycle)
         if project:
-            dx = dx - block_comb(cycle.B @ cycle.y, U)
+            dx = dx + block_comb(from_low(coef) - cycle.B @ cycle.y, U)
         x = x + precond(dx)
         mv = mv + cycle.steps
         r_rec = r - decrease
