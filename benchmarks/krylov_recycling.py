@@ -28,9 +28,9 @@ also GCRO-DR with `harvest_every=H` in similarity order, and with `--gcrodr-alt 
 also `GCRODR(restart=M, recycle=K, harvest_every=H)`, both without carrying and in
 similarity order (rows named by their `(m, k)`; its carry ratio uses its own no-carry
 row), with `--gcrodr-alt32 M K H` the same with `projection_dtype=float32` (C held
-and applied in float32, the answer in float64; session 13), and with `--coarse B` also GMRES(40) and GCRO-DR(40, 20) with two-level
-(subdomain) deflation on blocks of edge B (`coarse_blocks=B`), GCRO-DR both without
-carrying and in similarity order.
+and applied in float32, the answer in float64; session 13), and with `--coarse B`
+also GMRES(40) and GCRO-DR(40, 20) with two-level (subdomain) deflation on blocks
+of edge B (`coarse_blocks=B`), GCRO-DR both without carrying and in similarity order.
 
 Times are the process CPU time per system (every side single-threaded, so this is
 the compute each side spent, independent of other load on a shared machine); wall

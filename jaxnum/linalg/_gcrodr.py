@@ -43,8 +43,8 @@ def harmonic_ritz_harvest(k: int):
     problem is `Ḡ^T (Ŵ^T Ŵ) Ḡ z = θ Ḡ^T Ŵ^T V̂ z` (`Ŵ^T Ŵ = I` in exact arithmetic;
     the measured `V^T V` is used, see below). JAX has no non-symmetric *generalised*
     eigensolver, so we solve the standard problem `(Ḡ^T Ŵ^T Ŵ Ḡ)^{-1} Ḡ^T Ŵ^T V̂
-    z = μ z` with `μ = 1/θ` and keep the `k` largest `|μ|`. Unused Arnoldi columns (short cycles)
-    and an absent `U` are masked so that they give `μ = 0` and are never chosen.
+    z = μ z` with `μ = 1/θ` and keep the `k` largest `|μ|`. Unused Arnoldi columns
+    (short cycles) and an absent `U` are masked so that they give `μ = 0` and are never chosen.
     """
 
     def harvest(U, C, have, grams, cycle: Cycle):
@@ -153,7 +153,9 @@ def harmonic_ritz_harvest(k: int):
         # U'^T U' = coef (V̂^T V̂) coef^T, V̂^T V̂ = [[D U^T U D, (V^T U D)^T], [V^T U D,
         # V_S^T V_S]] (the measured Gram block, masked to the used columns).
         used2 = used[:, None] & used[None, :]
-        VhtVh = jnp.block([[UtU, VtU[:size].T], [VtU[:size], jnp.where(used2, VV[:size, :size], 0.0)]])
+        VhtVh = jnp.block(
+            [[UtU, VtU[:size].T], [VtU[:size], jnp.where(used2, VV[:size, :size], 0.0)]]
+        )
         grams_new = (Qp.T @ WtV @ coef.T, coef @ VhtVh @ coef.T)
         grams_out = tuple(jnp.where(ok, a, b) for a, b in zip(grams_new, grams))
         return U_out, C_out, have | ok, grams_out
