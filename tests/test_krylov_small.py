@@ -425,22 +425,111 @@ def test_small_gcrodr_float32_projection_keeps_float64_answers():
     assert f"tensor<6x{SMALL}xf32>" in lowered.as_text()
 
 
+def test_small_gcrodr_float32_basis_keeps_float64_answers():
+    # `basis_dtype=float32` stores the Arnoldi basis of the cycles between harvests
+    # in float32 (with `projection_dtype`, C too). Answers must meet the float64
+    # tolerance on the true residual, the counts stay honest, the pair handed on is
+    # float64 and exact to float64 rounding (harvesting cycles keep float64), and
+    # carrying still pays.
+    rng = np.random.default_rng(15)
+    n = 8
+    a = np.exp(0.5 * rng.standard_normal((n, n)))
+    v = 8 * rng.standard_normal((2, n, n))
+    solver = jl.GCRODR(
+        rtol=RTOL, atol=0.0, restart=12, recycle=4, max_steps=jnp.asarray(10 * SMALL),
+        harvest_every=2, projection_dtype=jnp.float32, basis_dtype=jnp.float32,
+    )
+    space, counts = None, []
+    for i in range(3):
+        op = jl.convection_diffusion_operator(jnp.asarray(a * (1 + 0.02 * i)), jnp.asarray(v))
+        A = np.asarray(op.as_matrix())
+        b = rng.standard_normal(SMALL)
+        sol, count = _counted_solve(_counted(A), b, solver, space)
+        assert sol.result == lx.RESULTS.successful
+        assert int(sol.stats["num_matvecs"]) == count
+        x = np.asarray(sol.value)
+        assert x.dtype == np.float64
+        true_res = np.linalg.norm(b - A @ x) / np.linalg.norm(b)
+        assert true_res <= RTOL
+        np.testing.assert_allclose(float(sol.stats["residual"]), true_res, rtol=1e-3)
+        xs = np.linalg.solve(A, b)  # norm-wise: rtol 1e-10 and cond(A) ~ 1e3
+        assert np.linalg.norm(x - xs) <= 1e-6 * np.linalg.norm(xs)
+        space = sol.stats["recycle"]
+        U, C = np.asarray(space.basis), np.asarray(space.image)
+        assert U.dtype == C.dtype == np.float64
+        np.testing.assert_allclose(C.T @ C, np.eye(C.shape[1]), atol=1e-6)
+        np.testing.assert_allclose(A @ U, C, atol=1e-5)
+        counts.append(count)
+    assert max(counts[1:]) < counts[0], counts
+    # The option takes effect: the compiled solve has a float32 Arnoldi basis (the
+    # first chunk of 8 steps: 9 rows of the 8 x 8 grid) besides the float64 one.
+    text = jax.jit(
+        lambda b: lx.linear_solve(_counted(A), b, solver, options={"recycle": space}).value
+    ).lower(jnp.asarray(b)).as_text()
+    assert f"tensor<9x{SMALL}xf32>" in text and f"tensor<9x{SMALL}xf64>" in text
+
+
+def test_small_gmres_float32_basis_keeps_float64_answers():
+    # Mixed-precision GMRES: the basis in float32, the answer to the float64
+    # tolerance on the true residual (each cycle is a step of iterative refinement),
+    # honest counts, and about the products of the float64 solver.
+    rng = np.random.default_rng(16)
+    n = 8
+    a = np.exp(0.5 * rng.standard_normal((n, n)))
+    v = 8 * rng.standard_normal((2, n, n))
+    A = np.asarray(
+        jl.convection_diffusion_operator(jnp.asarray(a), jnp.asarray(v)).as_matrix()
+    )
+    b = rng.standard_normal(SMALL)
+    base = jl.GMRES(rtol=RTOL, atol=0.0, restart=8, max_steps=jnp.asarray(10 * SMALL))
+    low = eqx.tree_at(lambda s: s.basis_dtype, base, jnp.float32, is_leaf=lambda x: x is None)
+    counts = []
+    for solver in (base, low):
+        sol, count = _counted_solve(_counted(A), b, solver)
+        assert sol.result == lx.RESULTS.successful
+        assert int(sol.stats["num_matvecs"]) == count
+        x = np.asarray(sol.value)
+        true_res = np.linalg.norm(b - A @ x) / np.linalg.norm(b)
+        assert true_res <= RTOL
+        np.testing.assert_allclose(float(sol.stats["residual"]), true_res, rtol=1e-3)
+        xs = np.linalg.solve(A, b)  # norm-wise: rtol 1e-10 and cond(A) ~ 1e3
+        assert np.linalg.norm(x - xs) <= 1e-6 * np.linalg.norm(xs)
+        counts.append(count)
+    assert counts[1] <= 1.2 * counts[0], counts
+    text = jax.jit(lambda b: lx.linear_solve(_counted(A), b, low).value).lower(
+        jnp.asarray(b)
+    ).as_text()
+    assert f"tensor<9x{SMALL}xf32>" in text and f"tensor<9x{SMALL}xf64>" not in text
+
+
 @pytest.mark.parametrize("bad", [jnp.int32, "nonsense"])
-def test_gcrodr_projection_dtype_must_be_floating(bad):
-    with pytest.raises(ValueError, match="projection_dtype.*real floating dtype"):
-        jl.GCRODR(rtol=1e-8, atol=0.0, projection_dtype=bad)
+@pytest.mark.parametrize("field", ["projection_dtype", "basis_dtype"])
+def test_gcrodr_storage_dtypes_must_be_floating(bad, field):
+    with pytest.raises(ValueError, match=f"{field}.*real floating dtype"):
+        jl.GCRODR(rtol=1e-8, atol=0.0, harvest_every=4, **{field: bad})
+    if field == "basis_dtype":
+        with pytest.raises(ValueError, match="basis_dtype.*real floating dtype"):
+            jl.GMRES(rtol=1e-8, atol=0.0, basis_dtype=bad)
+
+
+def test_gcrodr_float32_basis_needs_cycles_between_harvests():
+    with pytest.raises(ValueError, match="harvest_every"):
+        jl.GCRODR(rtol=1e-8, atol=0.0, basis_dtype=jnp.float32)
 
 
 @pytest.mark.parametrize("cond", [1e3, 1e5])
-def test_small_gcrodr_float32_projection_never_fails_silently(cond):
+@pytest.mark.parametrize("storage", ["projection", "both"])
+def test_small_gcrodr_float32_projection_never_fails_silently(cond, storage):
     # Where the deflated eigenvalues lie far below the rest, a float32 C costs
-    # products (cond 1e3) or stagnates (cond 1e5: ~2e-3 in session 13). Either way
-    # the result and the residual must be honest: success only at the tolerance,
-    # and the reported residual is the true one.
+    # products (cond 1e3) or stagnates (cond 1e5: ~2e-3 in session 13), with or
+    # without a float32 basis between harvests. Either way the result and the
+    # residual must be honest: success only at the tolerance, and the reported
+    # residual is the true one.
     A, b = _two_clusters(11, cond)
+    extra = {} if storage == "projection" else {"basis_dtype": jnp.float32, "harvest_every": 2}
     solver = jl.GCRODR(
         rtol=RTOL, atol=0.0, restart=16, recycle=6, max_steps=jnp.asarray(10 * SMALL),
-        projection_dtype=jnp.float32,
+        projection_dtype=jnp.float32, **extra,
     )
     first = _small_solve(_counted(A), b, solver)
     assert first.result == lx.RESULTS.successful

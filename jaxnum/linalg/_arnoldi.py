@@ -44,6 +44,7 @@ class Cycle(NamedTuple):
 def arnoldi_cycle(
     matvec, precond, r: Array, beta: Array, Ct: Array | None, limit, size: int, tol,
     reorthogonalize: bool = False,
+    basis_dtype=None,
 ) -> Cycle:
     """Runs up to `min(limit, size)` Arnoldi steps on `(I - C C^T) A M` from `r/beta`.
 
@@ -74,11 +75,12 @@ def arnoldi_cycle(
     """
     shape = r.shape
     dtype = r.dtype
+    store = dtype if basis_dtype is None else jnp.dtype(basis_dtype)
     k = 0 if Ct is None else Ct.shape[0]
     eps = jnp.finfo(dtype).eps
-    v0 = (r / jnp.where(beta > 0, beta, 1.0))[None]
+    v0 = (r / jnp.where(beta > 0, beta, 1.0))[None].astype(store)
     ends = [min(size, (c + 1) * CHUNK) for c in range(math.ceil(size / CHUNK))]
-    W = jnp.concatenate([v0, jnp.zeros((ends[0], *shape), dtype)])
+    W = jnp.concatenate([v0, jnp.zeros((ends[0], *shape), store)])
     H = jnp.zeros((size + 1, size), dtype)
     R = jnp.zeros((size + 1, size), dtype)
     B = jnp.zeros((k, size), dtype)
@@ -90,7 +92,7 @@ def arnoldi_cycle(
     def body(carry):
         j, W, H, R, B, Q, _ = carry
         rows = W.shape[0]  # Arnoldi rows this chunk can reach (static)
-        w = matvec(precond(W[j]))
+        w = matvec(precond(W[j].astype(dtype)))
         # Materialise the product once: otherwise XLA fuses the operator into each
         # of its consumers below (the norm and both Gram-Schmidt products) and
         # evaluates it three times.
@@ -98,13 +100,15 @@ def arnoldi_cycle(
         w_norm0 = jnp.linalg.norm(w)
 
         def gram_schmidt(w):
-            hh = block_dot(W, w)  # rows past j are zero
+            hh = block_dot(W, w.astype(store))  # rows past j are zero
+            w = w - block_comb(hh, W).astype(dtype)
+            hh = hh.astype(dtype)
             if Ct is None:
-                return w - block_comb(hh, W), hh, None
+                return w, hh, None
             # `C^T` may be held in a lower precision than the vectors (GCRO-DR's
             # `projection_dtype`): its half of the pass then runs in that precision.
             b = block_dot(Ct, w.astype(Ct.dtype))
-            return w - block_comb(hh, W) - block_comb(b, Ct).astype(dtype), hh, b.astype(dtype)
+            return w - block_comb(b, Ct).astype(dtype), hh, b.astype(dtype)
 
         w, hh, b = gram_schmidt(w)
         if reorthogonalize:
@@ -116,7 +120,8 @@ def arnoldi_cycle(
         h = jnp.zeros(size + 1, dtype).at[:rows].set(hh)
         hn = jnp.linalg.norm(w)
         breakdown = hn <= 10 * eps * w_norm0
-        W = W.at[j + 1].set(jnp.where(breakdown, 0.0, w / jnp.where(breakdown, 1.0, hn)))
+        v = jnp.where(breakdown, 0.0, w / jnp.where(breakdown, 1.0, hn))
+        W = W.at[j + 1].set(v.astype(store))
         h = h.at[j + 1].set(hn)
         H = H.at[:, j].set(h)
         if b is not None:
@@ -136,7 +141,7 @@ def arnoldi_cycle(
     carry = (jnp.array(0), W, H, R, B, Q, jnp.array(False))
     for c, end in enumerate(ends):
         if c > 0:
-            grow = jnp.zeros((end - ends[c - 1], *shape), dtype)
+            grow = jnp.zeros((end - ends[c - 1], *shape), store)
             carry = (carry[0], jnp.concatenate([carry[1], grow]), *carry[2:])
 
         def cond(carry, end=end):
@@ -167,7 +172,8 @@ def cycle_update(cycle: Cycle) -> tuple[Array, Array]:
     the recycle-space term) and the decrease of the residual, `r_new = r - V_{S+1} H y`
     (the projected Arnoldi relation; no matrix-vector product)."""
     size = cycle.y.shape[0]
-    coef = jnp.zeros((2, cycle.V.shape[0]), cycle.y.dtype)
+    dtype = cycle.y.dtype
+    coef = jnp.zeros((2, cycle.V.shape[0]), dtype)
     coef = coef.at[0, :size].set(cycle.y).at[1].set(cycle.H @ cycle.y)
-    both = block_comb(coef, cycle.V)
+    both = block_comb(coef.astype(cycle.V.dtype), cycle.V).astype(dtype)
     return both[0], both[1]

@@ -158,7 +158,19 @@ def batched_matvec(
     if shape is None:
         return jax.vmap(matvec, in_axes=1, out_axes=1)(block)
     n, k = block.shape
-    return jax.vmap(matvec)(block.T.reshape(k, *shape)).reshape(k, n).T
+    return batched_rows(matvec, block.T.reshape(k, *shape)).reshape(k, n).T
+
+
+def batched_rows(matvec: Callable[[Array], Array], rows: Array) -> Array:
+    """`matvec` applied to each row of a block `(k, *shape)`, as one batched product.
+
+    The block is materialised first and the product after: XLA:CPU otherwise fuses a
+    transpose of the block into the (stencil) operator, or the operator into each of
+    its consumers, and runs them several times slower (a re-projection of 50 vectors
+    at 128^2: the product took 6 ms fused with the transpose, 1.4 ms after it).
+    """
+    rows = jax.lax.optimization_barrier(rows)
+    return jax.lax.optimization_barrier(jax.vmap(matvec)(rows))
 
 
 def default_max_steps(max_steps: int | None, n: int) -> int:
@@ -212,6 +224,28 @@ def check_tolerances(name: str, rtol, atol):
             raise ValueError(f"{name}: `{label}` must be non-negative, got {value}.")
 
 
+def check_storage_dtype(name: str, label: str, value) -> None:
+    """A lower-precision storage option (`projection_dtype`, `basis_dtype`) must be a
+    real floating dtype, or None for the operator's own."""
+    if value is None:
+        return
+    try:
+        floating = jnp.issubdtype(jnp.dtype(value), jnp.floating)
+    except TypeError:
+        floating = False
+    if not floating:
+        raise ValueError(
+            f"{name}: `{label}` must be a real floating dtype (e.g. jnp.float32) or "
+            f"None for the operator's own; got {value!r}."
+        )
+
+
+def storage_dtype(value, dtype):
+    """The dtype a block of vectors is stored in: `value`, or `dtype` when None (the
+    Krylov solvers take real operators only, see `check_square`)."""
+    return jnp.dtype(dtype) if value is None else jnp.dtype(value)
+
+
 def upper_inverse(R: Array) -> Array:
     """Inverse of a small upper-triangular matrix (reads only the upper triangle).
 
@@ -236,25 +270,59 @@ def spd_inverse(E: Array) -> Array:
     return Rinv @ Rinv.T
 
 
-def tall_qr(A: Array) -> tuple[Array, Array, Array]:
-    """Thin QR of a tall-skinny `(n, k)` block by shifted Cholesky-QR2.
+def tall_qr(At: Array, tol: float | None = None) -> tuple[Array, Array, Array]:
+    """Thin QR `A = Q R` of a tall-skinny `(n, k)` block given as rows, `At = A^T`
+    `(k, n)`, by Cholesky-QR; returns `(Q^T, R, ok)`.
 
-    Two Gram/Cholesky passes give orthogonality to rounding for condition numbers up
-    to ~1e7 in float64 (the shift keeps the first Cholesky defined beyond that; Fukaya
-    et al. 2020). XLA:CPU's Householder QR is several hundred times slower for these
-    shapes. Returns `(Q, R, ok)`, `ok` False if `A` is numerically rank-deficient.
+    One Gram/Cholesky pass (`A = Q R`, `R^T R = A^T A`) leaves `Q` orthonormal to
+    about `eps cond(A)^2`; a second pass to rounding, as long as the first Cholesky
+    exists. The number of passes follows an upper bound on `cond(A) = cond(R)` from
+    the 1- and inf-norms of `R` and `R^{-1}` (`||M||_2 <= sqrt(||M||_1
+    ||M||_inf)`; it overestimates by 5-10x on re-projected recycle spaces): one pass
+    when `eps bound^2 <= tol` (a caller that stores `Q` in a lower precision needs
+    no more than that precision: `tol` its epsilon; default: never), two when `eps
+    bound^2 <= 1e-2`, otherwise shifted Cholesky-QR with three passes, orthogonal to
+    rounding for condition numbers up to ~1e7 in float64 (the shift keeps the first
+    Cholesky defined; Fukaya et al. 2020). XLA:CPU's Householder QR is several
+    hundred times slower for these shapes. `ok` is False if `A` is numerically
+    rank-deficient. Rows because XLA:CPU runs these products fastest with the long
+    axis last (`(k, k) @ (k, n)`).
     """
-    n, k = A.shape
-    eps = jnp.finfo(A.dtype).eps
-    gram = A.T @ A
-    shift = 11 * (n * k + k * (k + 1)) * eps * jnp.trace(gram)
-    R1 = jnp.linalg.cholesky(gram + shift * jnp.eye(k, dtype=A.dtype)).T
-    Q = A @ upper_inverse(R1)
-    R2 = jnp.linalg.cholesky(Q.T @ Q).T
-    Q = Q @ upper_inverse(R2)
-    R3 = jnp.linalg.cholesky(Q.T @ Q).T  # third pass: cheap insurance after the shift
-    Q = Q @ upper_inverse(R3)
-    R = R3 @ R2 @ R1
+    k, n = At.shape
+    eps = jnp.finfo(At.dtype).eps
+    eye = jnp.eye(k, dtype=At.dtype)
+    gram = At @ At.T
+    R1 = jnp.linalg.cholesky(gram).T
+    finite = jnp.all(jnp.isfinite(R1))
+    R1_inv = upper_inverse(jnp.where(finite, R1, eye))
+
+    def norm2_bound(M):
+        return jnp.sqrt(jnp.linalg.norm(M, 1) * jnp.linalg.norm(M, jnp.inf))
+
+    loss = eps * (norm2_bound(R1) * norm2_bound(R1_inv)) ** 2
+    one = finite & (loss <= (0.0 if tol is None else tol))
+    two = finite & (loss <= 1e-2)
+
+    # Each pass: Q^T <- R^{-T} Q^T, the Gram matrix of the new rows.
+    def passes_1(At, gram):
+        return R1_inv.T @ At, R1
+
+    def passes_2(At, gram):
+        Qt = R1_inv.T @ At
+        R2 = jnp.linalg.cholesky(Qt @ Qt.T).T
+        return upper_inverse(R2).T @ Qt, R2 @ R1
+
+    def passes_3(At, gram):
+        shift = 11 * (n * k + k * (k + 1)) * eps * jnp.trace(gram)
+        S1 = jnp.linalg.cholesky(gram + shift * eye).T
+        Qt = upper_inverse(S1).T @ At
+        S2 = jnp.linalg.cholesky(Qt @ Qt.T).T
+        Qt = upper_inverse(S2).T @ Qt
+        S3 = jnp.linalg.cholesky(Qt @ Qt.T).T  # third pass: cheap insurance after the shift
+        return upper_inverse(S3).T @ Qt, S3 @ S2 @ S1
+
+    branch = jnp.where(one, 0, jnp.where(two, 1, 2))
+    Q, R = jax.lax.switch(branch, (passes_1, passes_2, passes_3), At, gram)
     d = jnp.abs(jnp.diagonal(R))
     ok = jnp.all(jnp.isfinite(Q)) & jnp.all(jnp.isfinite(R)) & (
         jnp.min(d) > 1e3 * eps * jnp.max(d)

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from ._misc import batched_matvec, tall_qr, upper_inverse
+from ._misc import batched_rows, tall_qr, upper_inverse
 
 
 class RecycleSpace(eqx.Module):
@@ -97,20 +97,21 @@ def load_space(options, n: int, k: int, dtype, name: str, adaptive: bool):
     return space, carried
 
 
-def reproject(
-    matvec, basis: Array, shape: tuple[int, ...] | None = None
-) -> tuple[Array, Array, Array]:
-    """For a new operator: `C = A U`, `C = QR`, returns `(U R^{-1}, Q, ok)`.
+def reproject(matvec, rows: Array, tol: float | None = None) -> tuple[Array, Array, Array]:
+    """For a new operator: `C = A U`, `C = QR`, returns `(U R^{-1}, Q, ok)` as rows.
 
-    `basis` is `(n, k)`; with `shape`, `matvec` acts on vectors of that shape (see
-    `batched_matvec`). `ok` is False when `U` has lost rank (it is then dropped by the
-    caller).
+    `rows` is `U^T`, `(k, *shape)`, and `matvec` acts on vectors of `shape` (e.g. the
+    operator's grid); the results have the same layout. `ok` is False when `U` has
+    lost rank (it is then dropped by the caller). `tol`: how orthonormal `Q` must be,
+    when less than to rounding (the caller stores it in a lower precision; see
+    `tall_qr`).
     """
-    image = batched_matvec(matvec, basis, shape)
-    q, r, ok = tall_qr(image)
-    r_safe = jnp.where(ok, r, jnp.eye(r.shape[0], dtype=r.dtype))
-    new_basis = basis @ upper_inverse(r_safe)
-    return new_basis, jnp.where(ok, q, 0.0), ok
+    k = rows.shape[0]
+    image = batched_rows(matvec, rows)
+    qt, r, ok = tall_qr(image.reshape(k, -1), tol)
+    r_safe = jnp.where(ok, r, jnp.eye(k, dtype=r.dtype))
+    new_rows = upper_inverse(r_safe).T @ rows.reshape(k, -1)
+    return new_rows.reshape(rows.shape), jnp.where(ok, qt, 0.0).reshape(rows.shape), ok
 
 
 def adaptive_update(

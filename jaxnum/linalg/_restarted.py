@@ -50,6 +50,7 @@ def restarted_krylov(
     matvecs0=0,
     reorthogonalize: bool = False,
     harvest_every: int = 1,
+    basis_dtype=None,
 ) -> LoopOut:
     """Right-preconditioned restarted (projected) GMRES, solving `A x = b` with
     `x = x0 + M y`.
@@ -87,8 +88,10 @@ def restarted_krylov(
 
     # The pair's Gram matrices, once per solve (the harvest updates them from small
     # matrices afterwards). Zero without a space, like U and C.
-    Uf = U.reshape(k, math.prod(b.shape))
-    grams = (C.reshape(Uf.shape).astype(dtype) @ Uf.T, Uf @ Uf.T)
+    # In C's precision: like the harvest's products with them, they only serve its
+    # choice of the new space.
+    Ul = U.reshape(k, math.prod(b.shape)).astype(C.dtype)
+    grams = tuple(g.astype(dtype) for g in (C.reshape(Ul.shape) @ Ul.T, Ul @ Ul.T))
     # C may be held in a lower precision than the vectors (GCRO-DR's
     # `projection_dtype`; U never is: A U = C must hold to the working precision
     # relative to ||C||, and rounding U would break it by ~cond(A) times its
@@ -97,8 +100,14 @@ def restarted_krylov(
     # size: the loop replaces the recurrence by the true residual (one counted
     # product) whenever it has fallen by `sqrt(eps)` of that precision since the
     # last true residual, so the drift stays far below the current residual.
-    low = k > 0 and jnp.dtype(C.dtype) != jnp.dtype(dtype)
-    replace_drop = math.sqrt(float(jnp.finfo(C.dtype).eps)) if low else 0.0
+    low_c = k > 0 and jnp.dtype(C.dtype) != jnp.dtype(dtype)
+    low_v = basis_dtype is not None and jnp.dtype(basis_dtype) != jnp.dtype(dtype)
+    low = low_c or low_v
+    low_eps = max(
+        float(jnp.finfo(C.dtype).eps) if low_c else 0.0,
+        float(jnp.finfo(basis_dtype).eps) if low_v else 0.0,
+    )
+    replace_drop = math.sqrt(low_eps) if low else 0.0
 
     def to_low(v):
         return v.astype(C.dtype)
@@ -127,35 +136,63 @@ def restarted_krylov(
             r = r - from_low(block_comb(coef, C))
             rnorm = jnp.linalg.norm(r)
         limit = jnp.clip(max_steps - mv, 1, size)
-        cycle = arnoldi_cycle(
-            matvec, precond, r, rnorm, C if project else None, limit, size, tol,
-            reorthogonalize,
-        )
-        dx, decrease = cycle_update(cycle)
-        if project:
-            dx = dx + block_comb(from_low(coef) - cycle.B @ cycle.y, U)
-        x = x + precond(dx)
-        mv = mv + cycle.steps
-        r_rec = r - decrease
-        if harvest is not None and harvest_every > 1 and not fresh:
-            # Refresh the space only every `harvest_every` cycles (and whenever there
-            # is none yet); in between, the cycles are GCRO cycles with a fixed space.
-            due = ~have | (cyc % harvest_every == harvest_every - 1)
-            U, C, have, grams = lax.cond(
-                due,
-                harvest,
-                lambda U, C, have, grams, cycle: (U, C, have, grams),
-                U, C, have, grams, cycle,
+
+        def run(storage, harvests, r, rnorm, U, C, have, grams):
+            # One cycle with its basis stored in `storage`, the correction of x (before
+            # the preconditioner) and the decrease of the residual, and the pair after
+            # the harvest (when `harvests`).
+            cycle = arnoldi_cycle(
+                matvec, precond, r, rnorm, C if project else None, limit, size, tol,
+                reorthogonalize, storage,
             )
-        elif harvest is not None:
-            U, C, have, grams = harvest(U, C, have, grams, cycle)
-        check = (cycle.estimate <= tol) | (mv >= max_steps) | cycle.breakdown
+            dx, decrease = cycle_update(cycle)
+            if project:
+                dx = dx + block_comb(from_low(coef) - cycle.B @ cycle.y, U)
+            if harvests:
+                U, C, have, grams = harvest(U, C, have, grams, cycle)
+            out = (dx, decrease, cycle.estimate, cycle.steps, cycle.breakdown, U, C, have,
+                   grams)
+            return out, cycle
+
+        state = (r, rnorm, U, C, have, grams)
+        if harvest is None:
+            out, _ = run(basis_dtype, False, *state)
+        elif harvest_every == 1 or fresh:
+            # A harvesting cycle keeps its basis in the working precision: the new pair
+            # is a combination of it, and `A M U = C` must hold to that precision.
+            out, _ = run(None, True, *state)
+        else:
+            # Refresh the space only every `harvest_every` cycles (and whenever there
+            # is none yet); in between, the cycles are GCRO cycles with a fixed space,
+            # and only they store their basis in `basis_dtype`.
+            due = ~have | (cyc % harvest_every == harvest_every - 1)
+            if low_v:
+                out = lax.cond(
+                    due,
+                    lambda *a: run(None, True, *a)[0],
+                    lambda *a: run(basis_dtype, False, *a)[0],
+                    *state,
+                )
+            else:
+                out, cycle = run(None, False, *state)
+                pair = lax.cond(
+                    due,
+                    harvest,
+                    lambda U, C, have, grams, cycle: (U, C, have, grams),
+                    U, C, have, grams, cycle,
+                )
+                out = out[:5] + pair
+        dx, decrease, estimate, steps, breakdown, U, C, have, grams = out
+        x = x + precond(dx)
+        mv = mv + steps
+        r_rec = r - decrease
+        check = (estimate <= tol) | (mv >= max_steps) | breakdown
         if low:
             check = check | (jnp.linalg.norm(r_rec) < replace_drop * anchor)
         r_new, mv = lax.cond(check, true_residual, lambda x, m: (r_rec, m), x, mv)
         rnorm_new = jnp.linalg.norm(r_new)
         conv = check & (rnorm_new <= tol)
-        full = cycle.steps >= limit
+        full = steps >= limit
         no_progress = rnorm_new >= rnorm * (1 - 1e3 * jnp.finfo(dtype).eps)
         # The attainable accuracy: the recurrence says "converged" but the true
         # residual does not follow (rounding, a tolerance below what the precision
@@ -163,7 +200,7 @@ def restarted_krylov(
         # confirmations stop improving (`floor_update`), the true residual is at its
         # floor, and the solve ends as stagnated instead of spending the remaining
         # products.
-        failed = (cycle.estimate <= tol) & ~conv
+        failed = (estimate <= tol) & ~conv
         floor, strikes, at_floor = floor_update(failed, rnorm_new, floor, strikes)
         stag = ~conv & (full & no_progress | at_floor)
         # The best iterate whose true residual is known: on problems near the limit
@@ -173,7 +210,7 @@ def restarted_krylov(
         improved = check & (rnorm_new < best)
         best_x = jnp.where(improved, x, best_x)
         best = jnp.where(improved, rnorm_new, best)
-        broke = ~conv & (cycle.breakdown & no_progress | ~jnp.isfinite(rnorm_new))
+        broke = ~conv & (breakdown & no_progress | ~jnp.isfinite(rnorm_new))
         return (
             x, r_new, rnorm_new, check, U, C, have, grams, mv, cyc + 1, conv, stag, broke,
             floor, strikes, best_x, best, anchor,
