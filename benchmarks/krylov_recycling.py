@@ -28,7 +28,8 @@ also GCRO-DR with `harvest_every=H` in similarity order, and with `--gcrodr-alt 
 also `GCRODR(restart=M, recycle=K, harvest_every=H)`, both without carrying and in
 similarity order (rows named by their `(m, k)`; its carry ratio uses its own no-carry
 row), with `--gcrodr-alt32 M K H` the same with `projection_dtype=float32` (C held
-and applied in float32, the answer in float64; session 13), and with `--coarse B`
+and applied in float32, the answer in float64; session 13), with `--gcrodr-alt32b M K
+H` also with `basis_dtype=float32` (session 14), and with `--coarse B`
 also GMRES(40) and GCRO-DR(40, 20) with two-level (subdomain) deflation on blocks
 of edge B (`coarse_blocks=B`), GCRO-DR both without carrying and in similarity order.
 
@@ -339,13 +340,19 @@ def run_case(name, args):
     alts = []
     alt_settings = [(*a, None) for a in args.gcrodr_alt or []]
     alt_settings += [(*a, "float32") for a in args.gcrodr_alt32 or []]
+    alt_settings += [(*a, "float32 basis") for a in args.gcrodr_alt32b or []]
     if not symmetric and alt_settings:
         # Session 6: other (m, k, harvest_every) settings (repeatable since session 9),
         # each with its own no-carry row, so that its carry ratio compares like with like.
-        # Session 13: also with C held in float32 (`projection_dtype`).
+        # Session 13: also with C held in float32 (`projection_dtype`); session 14: and
+        # the Arnoldi basis between harvests (`basis_dtype`).
         for m2, k2, h2, pd in alt_settings:
-            alt = jl.GCRODR(RTOL, 0.0, restart=m2, recycle=k2, harvest_every=h2, projection_dtype=pd)
-            alt_name = f"GCRO-DR({m2},{k2}, harvest_every={h2}" + (", float32 C)" if pd else ")")
+            low = {"projection_dtype": jnp.float32} if pd else {}
+            if pd == "float32 basis":
+                low["basis_dtype"] = jnp.float32
+            alt = jl.GCRODR(RTOL, 0.0, restart=m2, recycle=k2, harvest_every=h2, **low)
+            suffix = {None: ")", "float32": ", float32 C)", "float32 basis": ", float32 C and basis)"}
+            alt_name = f"GCRO-DR({m2},{k2}, harvest_every={h2}" + suffix[pd]
             indep[f"jaxnum {alt_name}, no carry"] = alt
             alts.append((alt, alt_name, "similarity"))
     if not symmetric and args.coarse:
@@ -572,6 +579,10 @@ def main():
     parser.add_argument("--gcrodr-alt32", type=int, nargs=3, metavar=("M", "K", "H"), default=None,
                         action="append",
                         help="as --gcrodr-alt, with projection_dtype=float32 (C in float32); repeatable")
+    parser.add_argument("--gcrodr-alt32b", type=int, nargs=3, metavar=("M", "K", "H"), default=None,
+                        action="append",
+                        help="as --gcrodr-alt32, with basis_dtype=float32 too (the Arnoldi basis of the "
+                             "cycles between harvests in float32); repeatable")
     parser.add_argument("--coarse", type=int, metavar="B", default=None,
                         help="also run GMRES(40) and GCRO-DR(40,20) with coarse_blocks=B (two-level "
                              "deflation; GCRO-DR without carrying and in similarity order; non-symmetric cases)")
