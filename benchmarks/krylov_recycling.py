@@ -350,9 +350,12 @@ def run_case(name, args):
             low = {"projection_dtype": jnp.float32} if pd else {}
             if pd == "float32 basis":
                 low["basis_dtype"] = jnp.float32
+            if args.drop_ratio is not None:
+                low["drop_ratio"] = args.drop_ratio
             alt = jl.GCRODR(RTOL, 0.0, restart=m2, recycle=k2, harvest_every=h2, **low)
             suffix = {None: ")", "float32": ", float32 C)", "float32 basis": ", float32 C and basis)"}
-            alt_name = f"GCRO-DR({m2},{k2}, harvest_every={h2}" + suffix[pd]
+            drop = "" if args.drop_ratio is None else f", drop_ratio={args.drop_ratio}"
+            alt_name = f"GCRO-DR({m2},{k2}, harvest_every={h2}{drop}" + suffix[pd]
             indep[f"jaxnum {alt_name}, no carry"] = alt
             alts.append((alt, alt_name, "similarity"))
     if not symmetric and args.coarse:
@@ -583,6 +586,9 @@ def main():
                         action="append",
                         help="as --gcrodr-alt32, with basis_dtype=float32 too (the Arnoldi basis of the "
                              "cycles between harvests in float32); repeatable")
+    parser.add_argument("--drop-ratio", type=float, default=None,
+                        help="GCRODR(drop_ratio=...) for the --gcrodr-alt* settings (the adaptive "
+                             "policy's threshold; default 0.95)")
     parser.add_argument("--coarse", type=int, metavar="B", default=None,
                         help="also run GMRES(40) and GCRO-DR(40,20) with coarse_blocks=B (two-level "
                              "deflation; GCRO-DR without carrying and in similarity order; non-symmetric cases)")
