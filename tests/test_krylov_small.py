@@ -382,63 +382,17 @@ def test_small_gcrodr_harvest_survives_a_basis_that_lost_orthogonality():
 
 
 
-def test_small_gcrodr_float32_projection_keeps_float64_answers():
-    # `projection_dtype=float32` holds C (and the projection against it) in float32
-    # while x, U and the Krylov vectors stay float64. The answers must still meet
-    # the float64 tolerance, checked against the true residual: one cycle here
-    # converges by ~1e10, far more than a float32 C allows, so the first solve's
-    # recurrence must be replaced by true residuals. The pair handed on is float64,
-    # with A U = C and C orthonormal to float32 accuracy, and carrying still pays.
-    rng = np.random.default_rng(14)
+def _float32_storage_sequence(solver, seed):
+    """Three related convection-diffusion solves with a float64 operator and a solver
+    that stores blocks in float32: each answer meets the float64 tolerance on the
+    true residual (one cycle here converges by ~1e10, far more than float32 storage
+    allows, so the recurrence must be replaced by true residuals), counts are honest,
+    the pair handed on is float64 with A U = C and C orthonormal to float32
+    accuracy, and carrying still pays. Returns the last (A, b, space)."""
+    rng = np.random.default_rng(seed)
     n = 8
     a = np.exp(0.5 * rng.standard_normal((n, n)))
     v = 8 * rng.standard_normal((2, n, n))
-    solver = jl.GCRODR(
-        rtol=RTOL, atol=0.0, restart=16, recycle=6, max_steps=jnp.asarray(10 * SMALL),
-        projection_dtype=jnp.float32,
-    )
-    space, counts = None, []
-    for i in range(3):
-        op = jl.convection_diffusion_operator(jnp.asarray(a * (1 + 0.02 * i)), jnp.asarray(v))
-        A = np.asarray(op.as_matrix())
-        b = rng.standard_normal(SMALL)
-        sol, count = _counted_solve(_counted(A), b, solver, space)
-        assert sol.result == lx.RESULTS.successful
-        assert int(sol.stats["num_matvecs"]) == count
-        x = np.asarray(sol.value)
-        assert x.dtype == np.float64
-        true_res = np.linalg.norm(b - A @ x) / np.linalg.norm(b)
-        assert true_res <= RTOL
-        np.testing.assert_allclose(float(sol.stats["residual"]), true_res, rtol=1e-3)
-        np.testing.assert_allclose(x, np.linalg.solve(A, b), rtol=1e-7)
-        space = sol.stats["recycle"]
-        U, C = np.asarray(space.basis), np.asarray(space.image)
-        assert U.dtype == C.dtype == np.float64
-        np.testing.assert_allclose(C.T @ C, np.eye(C.shape[1]), atol=1e-6)
-        np.testing.assert_allclose(A @ U, C, atol=1e-5)
-        counts.append(count)
-    assert max(counts[1:]) < counts[0], counts
-    # The option takes effect: the compiled solve holds C as float32 rows.
-    lowered = jax.jit(
-        lambda b: lx.linear_solve(_counted(A), b, solver, options={"recycle": space}).value
-    ).lower(jnp.asarray(b))
-    assert f"tensor<6x{SMALL}xf32>" in lowered.as_text()
-
-
-def test_small_gcrodr_float32_basis_keeps_float64_answers():
-    # `basis_dtype=float32` stores the Arnoldi basis of the cycles between harvests
-    # in float32 (with `projection_dtype`, C too). Answers must meet the float64
-    # tolerance on the true residual, the counts stay honest, the pair handed on is
-    # float64 and exact to float64 rounding (harvesting cycles keep float64), and
-    # carrying still pays.
-    rng = np.random.default_rng(15)
-    n = 8
-    a = np.exp(0.5 * rng.standard_normal((n, n)))
-    v = 8 * rng.standard_normal((2, n, n))
-    solver = jl.GCRODR(
-        rtol=RTOL, atol=0.0, restart=12, recycle=4, max_steps=jnp.asarray(10 * SMALL),
-        harvest_every=2, projection_dtype=jnp.float32, basis_dtype=jnp.float32,
-    )
     space, counts = None, []
     for i in range(3):
         op = jl.convection_diffusion_operator(jnp.asarray(a * (1 + 0.02 * i)), jnp.asarray(v))
@@ -461,11 +415,39 @@ def test_small_gcrodr_float32_basis_keeps_float64_answers():
         np.testing.assert_allclose(A @ U, C, atol=1e-5)
         counts.append(count)
     assert max(counts[1:]) < counts[0], counts
-    # The option takes effect: the compiled solve has a float32 Arnoldi basis (the
-    # first chunk of 8 steps: 9 rows of the 8 x 8 grid) besides the float64 one.
-    text = jax.jit(
+    return A, b, space
+
+
+def _lowered_text(A, b, solver, space):
+    return jax.jit(
         lambda b: lx.linear_solve(_counted(A), b, solver, options={"recycle": space}).value
     ).lower(jnp.asarray(b)).as_text()
+
+
+def test_small_gcrodr_float32_projection_keeps_float64_answers():
+    # `projection_dtype=float32` holds C (and the projection against it) in float32
+    # while x, U and the Krylov vectors stay float64.
+    solver = jl.GCRODR(
+        rtol=RTOL, atol=0.0, restart=16, recycle=6, max_steps=jnp.asarray(10 * SMALL),
+        projection_dtype=jnp.float32,
+    )
+    A, b, space = _float32_storage_sequence(solver, 14)
+    # The option takes effect: the compiled solve holds C as float32 rows.
+    assert f"tensor<6x{SMALL}xf32>" in _lowered_text(A, b, solver, space)
+
+
+def test_small_gcrodr_float32_basis_keeps_float64_answers():
+    # `basis_dtype=float32` stores the Arnoldi basis of the cycles between harvests
+    # in float32 (with `projection_dtype`, C too); harvesting cycles keep float64,
+    # so the pair handed on is as exact as with a float32 C alone.
+    solver = jl.GCRODR(
+        rtol=RTOL, atol=0.0, restart=12, recycle=4, max_steps=jnp.asarray(10 * SMALL),
+        harvest_every=2, projection_dtype=jnp.float32, basis_dtype=jnp.float32,
+    )
+    A, b, space = _float32_storage_sequence(solver, 15)
+    # The option takes effect: the compiled solve has a float32 Arnoldi basis (the
+    # first chunk of 8 steps: 9 rows of the 8 x 8 grid) besides the float64 one.
+    text = _lowered_text(A, b, solver, space)
     assert f"tensor<9x{SMALL}xf32>" in text and f"tensor<9x{SMALL}xf64>" in text
 
 
