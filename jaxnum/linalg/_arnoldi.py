@@ -65,7 +65,10 @@ def arnoldi_cycle(
     buffer, 8.0-8.3 ms without; see `benchmarks/krylov_cycle_cost.py`).
 
     `C^T` may be held in a lower precision than `r` (GCRO-DR's `projection_dtype`):
-    its products then run in that precision, and `B` comes back in `r`'s.
+    its products then run in that precision, and `B` comes back in `r`'s. So may the
+    basis itself (`basis_dtype`, stored rows and the products with them; the step's
+    new vector, `H` and the least squares stay in `r`'s precision): the Arnoldi
+    relation then holds to the basis' rounding.
 
     Orthogonalisation is classical Gram-Schmidt, one pass (as `lineax.GMRES`) or two
     (`reorthogonalize`, CGS2, as stable as modified Gram-Schmidt); the exit test on
