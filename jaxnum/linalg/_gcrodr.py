@@ -61,8 +61,10 @@ def harmonic_ritz_harvest(k: int):
         size = cycle.H.shape[1]
         kc = cycle.B.shape[0]
         n = math.prod(U.shape[1:])
-        Vf = cycle.V.reshape(size + 1, n).astype(dtype)  # V^T, (S+1, n)
-        Vl = cycle.V.reshape(size + 1, n).astype(low)
+        # A harvesting cycle's basis is in the working precision (`basis_dtype` only
+        # applies to the cycles between harvests).
+        Vf = cycle.V.reshape(size + 1, n)  # V^T, (S+1, n)
+        Vl = Vf.astype(low)
         Uf = U.reshape(k, n)
         CtU, UtU = grams
         j = cycle.steps

@@ -60,9 +60,10 @@ def restarted_krylov(
     `(k, *shape)` with `A M U^T = C^T` and `C` orthonormal, and zero when `have` is
     False (`C` may be in a lower precision than `b`: see below). With it every cycle
     is a GCRO-DR cycle of `size - k` Arnoldi steps on `(I - C C^T) A M`; without one
-    (`have` False) the first cycle is a GMRES(`size`) cycle without the projection. `harvest(U, C, have, grams, cycle)` updates the pair
-    (and its Gram matrices `grams = (C U^T, U U^T)`) after each cycle (it must accept
-    both cycle kinds: a projected cycle has `cycle.B.shape[0] = k`, a plain one 0).
+    (`have` False) the first cycle is a GMRES(`size`) cycle without the projection.
+    `harvest(U, C, have, grams, cycle)` updates the pair (and its Gram matrices
+    `grams = (C U^T, U U^T)`) after each cycle (it must accept both cycle kinds: a
+    projected cycle has `cycle.B.shape[0] = k`, a plain one 0).
     The loop exits as soon as the *true* residual meets `||b - A x|| <= rtol ||b|| +
     atol`: the cheap Givens estimate only triggers the check, and one matrix-vector
     product (counted) confirms it. It ends as stagnated when a full cycle makes no
