@@ -166,11 +166,12 @@ def main():
     args.ritz = args.ritz or []
     # The benchmark's own options for its (b) rows: DeflatedCG(k=20) in given and
     # similarity order, no cheap row, no warm-start rows (as in session 4).
-    base = argparse.Namespace(systems=args.systems, peer_systems=args.peer_systems,
-                              count_systems=args.count_systems, dcg_recycle=args.dcg_recycle,
-                              indep_systems=None, coarse=None,
-                              harvest_every=2, dcg_cheap=None, gcrodr_cheap=None, gcrodr_alt=None, dcg_keep=None,
-                              warm_start=0, seed=args.seed)
+    # Every other option keeps krylov_recycling.py's default (a Namespace built by hand
+    # here broke when that script gained options).
+    base = kr.build_parser().parse_args([])
+    base.systems, base.peer_systems = args.systems, args.peer_systems
+    base.count_systems, base.dcg_recycle = args.count_systems, args.dcg_recycle
+    base.harvest_every, base.warm_start, base.seed = 2, 0, args.seed
     results = {}
     for name in args.cases:
         desc, rows = kr.run_case(name, base)

@@ -560,7 +560,8 @@ def markdown(results) -> str:
     return "\n".join(lines)
 
 
-def main():
+def build_parser():
+    """The command line; `deflated_cg.py` takes its defaults for `run_case` from here."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", nargs="+", default=["a64", "a128", "b128", "b3d", "c", "u", "a256"])
     parser.add_argument("--systems", type=int, default=200, help="systems per sequence (default 200)")
@@ -597,7 +598,11 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one machine-readable line at the end")
     parser.add_argument("--markdown-from", metavar="LOG", help="render the JSON line of an earlier run's log as Markdown and exit")
-    args = parser.parse_args()
+    return parser
+
+
+def main():
+    args = build_parser().parse_args()
     if args.markdown_from:
         with open(args.markdown_from) as f:
             last = [line for line in f if line.startswith("{")][-1]
