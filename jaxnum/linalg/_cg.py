@@ -8,6 +8,7 @@ import lineax as lx
 from jax import lax
 from jaxtyping import Array, Bool, Float, Int
 
+from ._coarse import slab_count, slab_spd_solver
 from ._gmres import conj_options, transpose_options
 from ._misc import (
     all_finite,
@@ -19,7 +20,6 @@ from ._misc import (
     floor_update,
     get_preconditioner,
     get_y0,
-    spd_inverse,
     vec_matvec,
     vec_precond,
 )
@@ -115,7 +115,7 @@ def deflated_cg_loop(
     elif k:
         E = Eww
     if k or m:
-        E_inv = spd_inverse(0.5 * (E + E.T))
+        solve_E = slab_spd_solver(0.5 * (E + E.T), m, slab_count(coarse.nb) if m else 1)
 
         def coefficients(v, applied):
             """`E^{-1} [Z, W]^T v`, or `E^{-1} (A [Z, W])^T v` if `applied`, split
@@ -125,7 +125,7 @@ def deflated_cg_loop(
                 parts.append(coarse.arestrict(v) if applied else coarse.restrict(v))
             if k:
                 parts.append((AWr if applied else Wr) @ v.reshape(-1))
-            mu = E_inv @ jnp.concatenate(parts)
+            mu = solve_E(jnp.concatenate(parts))
             return mu[:m], mu[m:]
 
         def correct(x, r, mv):  # Galerkin correction on span([Z, W]); returns mv too

@@ -32,7 +32,8 @@ class CoarseSpace(eqx.Module):
     per axis `faces[a]`, the couplings `A_ij` across the block interfaces normal to
     axis `a` (on the first layer of blocks `1, 2, ...` along `a`; symmetric `A`).
     Then `(A Z)^T v` is a block sum of `own * v` plus sums over the interface planes,
-    and `E = Z^T A Z` is a small dense SPD matrix, inverted once per solve.
+    and `E = Z^T A Z` is a small SPD matrix, factorised once per solve
+    (`_coarse.slab_spd_solver`: by slabs of block layers from 384 blocks on).
     """
 
     blocks: tuple[int, ...] = eqx.field(static=True)
@@ -168,8 +169,10 @@ class DeflatedCG(lx.AbstractLinearSolver):
     blocks join the deflation space, `[Z, W]`. Nothing of size `n x m` is stored:
     `Z^T v` is a block sum, `Z mu` a block broadcast, and `A Z` is probed once per
     solve with `2d+1` block-coloured vectors (`2d+1` products as one batched
-    product, counted), which give `E = Z^T A Z` (a dense `m x m` SPD matrix,
-    inverted once per solve) and the couplings across block interfaces, so that the
+    product, counted), which give `E = Z^T A Z` (an `m x m` SPD matrix,
+    factorised once per solve: densely below 384 blocks, otherwise by block Cholesky
+    over slabs of block layers, since `E` is block tridiagonal in them) and the
+    couplings across block interfaces, so that the
     `(A Z)^T z` each iteration needs is a block reduction of `z` and its interface
     planes: no extra product per iteration (Saad et al.'s form, i.e. Tang et al.'s
     DEF2 with `x0 = x + Z E^{-1} Z^T r`; the starting correction, and the one after a
