@@ -115,8 +115,8 @@ def deflated_cg_loop(
         E = coarse.E
     elif k:
         E = Eww
-    # ||Z^T v|| <= sqrt(largest block) ||v||.
-    coarse_scale = math.sqrt(max(math.prod(coarse.blocks), 1)) if m else 1.0
+    # ||Z^T v|| <= sqrt(block size) ||v|| (the drift check in `cg_step`).
+    coarse_scale = math.sqrt(math.prod(coarse.blocks)) if m else None
     if k or m:
         solve_E = slab_spd_solver(0.5 * (E + E.T), m, slab_count(coarse.nb) if m else 1)
 
