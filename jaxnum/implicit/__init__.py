@@ -13,6 +13,9 @@ from ._adjoint import (
     AbstractAdjoint as AbstractAdjoint,
 )
 from ._adjoint import (
+    AdjointLog as AdjointLog,
+)
+from ._adjoint import (
     CheckpointedUnroll as CheckpointedUnroll,
 )
 from ._adjoint import (

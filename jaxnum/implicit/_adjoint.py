@@ -12,7 +12,7 @@ from jax.flatten_util import ravel_pytree
 
 from ..linalg import CG, GMRES
 from ._base import tree_norm
-from ._spd_solve import spd_solve
+from ._spd_solve import report_solve, spd_solve
 
 # Unknowns from which `ImplicitAdjoint()` estimates a Jacobi preconditioner (measured
 # crossover on logistic regression, see `ImplicitAdjoint`).
@@ -43,6 +43,84 @@ def estimated_jacobi(operator: lx.AbstractLinearOperator, probes: int) -> lx.Dia
     typical = jnp.where(jnp.any(ok), jnp.sum(jnp.where(ok, est, 0.0)) / count, 1.0)
     diag = jnp.where(ok, est, typical)
     return lx.DiagonalLinearOperator(unravel(1.0 / diag))
+
+
+class AdjointLog:
+    """Collects the statistics of adjoint solves on the host.
+
+    The adjoint solve of implicit differentiation runs when a derivative is taken,
+    after the driver has returned its `Solution`, so its statistics cannot be in
+    `Solution.stats`. Pass a log as `ImplicitAdjoint(report=log)` and every adjoint
+    solve appends one record (under `jit`, `vmap`, `grad`, `jvp` alike):
+
+    ```python
+    log = jaxnum.implicit.AdjointLog()
+    adjoint = jaxnum.implicit.ImplicitAdjoint(report=log)
+    g = jax.grad(outer)(theta)      # outer calls minimise(..., adjoint=adjoint)
+    log.last  # {'mode': 'transpose', 'solver': 'CG', 'num_steps': 12,
+              #  'residual': 6.1e-11, 'converged': True}
+    ```
+
+    Record fields: `mode` (`"tangent"` for forward mode, `"transpose"` for the
+    adjoint solve of reverse mode), `solver` (the Krylov or lineax solver's name),
+    `num_steps` (iterations reported by the solver: CG iterations or matrix-vector
+    products; -1 if the solver reports none, e.g. `lineax.LU`), `residual` (the
+    true relative residual `||b - A x|| / ||b||`, one extra product per solve) and
+    `converged`. A `vmap`ped derivative appends one record per batch element. Any
+    callable taking the record dict works in place of a log.
+    """
+
+    def __init__(self):
+        self.records: list[dict] = []
+
+    def __call__(self, record: dict) -> None:
+        self.records.append(record)
+
+    @property
+    def last(self) -> dict:
+        if not self.records:
+            raise LookupError(
+                "AdjointLog: no adjoint solve has been recorded yet; take a derivative "
+                "through a driver or decorator using `ImplicitAdjoint(report=log)` first."
+            )
+        return self.records[-1]
+
+    def clear(self) -> None:
+        self.records.clear()
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __repr__(self) -> str:
+        return f"AdjointLog({len(self.records)} records)"
+
+
+def _reported_solve(operator, rhs, solver, options, symmetric, report):
+    """`lineax.linear_solve` wrapped in `jax.lax.custom_linear_solve` so that both the
+    tangent solve and the transposed solve of reverse mode report their statistics
+    (lineax transposes its own solves internally, out of reach of a callback).
+    Failure raises with the solver's message, as `lineax.linear_solve` does."""
+    pre = options.get("preconditioner")
+    name = type(solver).__name__
+    tags = (lx.symmetric_tag, lx.positive_semidefinite_tag) if symmetric else ()
+
+    def make(mode):
+        def solve(mv, b):
+            op = lx.FunctionLinearOperator(mv, operator.in_structure(), tags)
+            opts = {}
+            if pre is not None:
+                opts["preconditioner"] = pre if mode == "tangent" or symmetric else pre.T
+            sol = lx.linear_solve(op, b, solver, options=opts, throw=False)
+            steps = sol.stats.get("num_matvecs", sol.stats.get("num_steps", jnp.array(-1)))
+            ok = sol.result == lx.RESULTS.successful
+            report_solve(report, mode, name, mv, sol.value, b, steps, ok)
+            return sol.result.error_if(sol.value, ~ok)
+
+        return solve
+
+    return jax.lax.custom_linear_solve(
+        operator.mv, rhs, make("tangent"), make("transpose"), symmetric=symmetric
+    )
 
 
 class AbstractAdjoint(eqx.Module):
@@ -107,6 +185,11 @@ class ImplicitAdjoint(AbstractImplicitAdjoint):
         ~1e-5).
     - `max_steps`: cap on matrix-vector products of the default solver.
     - `probes`: random sign vectors of the `"diagonal"` preconditioner.
+    - `report`: None (default), or a host callable, typically an `AdjointLog`,
+        given the statistics of every adjoint solve (iterations, true residual,
+        convergence; see `AdjointLog`). The adjoint solve runs inside the
+        derivative, after the driver's `Solution` exists, so this is where its
+        statistics are read. Costs one extra product per solve and a host callback.
 
     A solve that fails to converge raises inside the transformation (the default
     symmetric CG through `equinox.error_if`; lineax throws for tangent and
@@ -119,6 +202,7 @@ class ImplicitAdjoint(AbstractImplicitAdjoint):
     max_steps: int | None = None
     probes: int = eqx.field(static=True, default=4)
     diagonal_min_size: int = eqx.field(static=True, default=DIAGONAL_MIN_SIZE)
+    report: Callable[[dict], None] | None = eqx.field(static=True, default=None)
 
     def solver(self, symmetric: bool) -> lx.AbstractLinearSolver:
         if self.linear_solver is not None:
@@ -141,6 +225,11 @@ class ImplicitAdjoint(AbstractImplicitAdjoint):
             )
         if self.probes < 1:
             raise ValueError(f"ImplicitAdjoint: `probes` must be at least 1, got {self.probes}.")
+        if self.report is not None and not callable(self.report):
+            raise TypeError(
+                "ImplicitAdjoint: `report` must be a callable taking a dict (e.g. "
+                f"`jaxnum.implicit.AdjointLog()`) or None; got {type(self.report)}."
+            )
 
     def options(self, operator, model=None) -> dict:
         pre = self.preconditioner
@@ -173,8 +262,11 @@ class ImplicitAdjoint(AbstractImplicitAdjoint):
             # `spd_solve` and `pcg` for the measured reasons).
             return spd_solve(
                 operator, rhs, preconditioner=options.get("preconditioner"), rtol=self.tol,
-                max_steps=self.max_steps,
+                max_steps=self.max_steps, report=self.report,
             )
+        if self.report is not None:
+            solver = self.solver(symmetric)
+            return _reported_solve(operator, rhs, solver, options, symmetric, self.report)
         return lx.linear_solve(operator, rhs, self.solver(symmetric), options=options).value
 
 

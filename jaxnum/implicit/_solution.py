@@ -35,9 +35,11 @@ class Solution(eqx.Module):
     - `stats`: `num_steps` (outer iterations), `residual` (the final 2-norm of the
         optimality residual: `F(y)`, `y - T(y)`, the gradient or the gradient
         mapping), and `max_steps`. The adjoint solve happens when a derivative is
-        taken, after this object exists: its iterations and residual come back from
-        `jaxnum.implicit.hypergradient` (which also carries a warm start and a
-        Krylov recycle space), and its failure raises inside `jax.grad`.
+        taken, after this object exists: its iterations and residual are recorded
+        by `ImplicitAdjoint(report=jaxnum.implicit.AdjointLog())` for any
+        derivative, and returned by `jaxnum.implicit.hypergradient` (which also
+        carries a warm start and a Krylov recycle space); its failure raises
+        inside `jax.grad`.
     - `state`: the final solver state (e.g. the L-BFGS memory).
     """
 

@@ -1,6 +1,7 @@
 """The default adjoint solve of symmetric problems: CG inside `lax.custom_linear_solve`."""
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import lineax as lx
 from jax import lax
@@ -20,7 +21,7 @@ BREAKDOWN_MESSAGE = (
 
 
 def pcg(matvec, precond, b, *, rtol, max_steps):
-    """Preconditioned CG from zero; returns `(x, converged, breakdown)`.
+    """Preconditioned CG from zero; returns `(x, converged, breakdown, steps)`.
 
     The exit test is on the *recurrence* residual, `||r_k|| <= rtol ||b||`, as in
     `scipy.sparse.linalg.cg` and JAXopt (`jaxnum.linalg.CG` confirms it with the true
@@ -54,12 +55,35 @@ def pcg(matvec, precond, b, *, rtol, max_steps):
         return x, r, p, rz_new, rr, k + 1, bad
 
     init = (jnp.zeros_like(b), b, z, rz, rr, jnp.array(0, jnp.int32), jnp.array(False))
-    x, _, _, _, rr, _, bad = lax.while_loop(cond, body, init)
+    x, _, _, _, rr, k, bad = lax.while_loop(cond, body, init)
     conv = rr <= tol2
-    return x, conv, bad & ~conv
+    return x, conv, bad & ~conv, k
 
 
-def spd_solve(operator: lx.AbstractLinearOperator, rhs, *, preconditioner, rtol: float, max_steps):
+def report_solve(report, mode: str, solver: str, matvec, x, b, num_steps, converged):
+    """Sends one adjoint solve's statistics to the host callable `report` (through
+    `jax.debug.callback`, so it works under `jit`, `vmap` and inside the transposed
+    solve of reverse mode). The residual is the *true* relative residual
+    `||b - A x|| / ||b||`, one extra product, paid only when a report is asked for.
+    `b` and `x` are PyTrees; `matvec` applies `A` (or `A^T` for `mode="transpose"`).
+    """
+    r = jax.tree_util.tree_map(jnp.subtract, b, matvec(x))
+    b_norm = jnp.linalg.norm(ravel_pytree(b)[0])
+    r_norm = jnp.linalg.norm(ravel_pytree(r)[0])
+    rel = jnp.where(b_norm > 0, r_norm / jnp.where(b_norm > 0, b_norm, 1.0), r_norm)
+
+    def host(steps, residual, conv):
+        report({
+            "mode": mode, "solver": solver, "num_steps": int(steps),
+            "residual": float(residual), "converged": bool(conv),
+        })
+
+    jax.debug.callback(host, num_steps, rel, converged)
+
+
+def spd_solve(
+    operator: lx.AbstractLinearOperator, rhs, *, preconditioner, rtol: float, max_steps, report=None
+):
     """`A^{-1} rhs` for a symmetric positive definite `operator` by CG, as a
     `jax.lax.custom_linear_solve` (symmetric: reverse mode solves with the same
     CG). Raises (`equinox.error_if`) if the solve does not converge or breaks down.
@@ -70,6 +94,9 @@ def spd_solve(operator: lx.AbstractLinearOperator, rhs, *, preconditioner, rtol:
     products of ~25 us), measured in one process with interleaved calls; this path
     costs what the products cost. Explicit adjoint solves that need stats, warm
     starts or recycling (`hypergradient`) keep using lineax and `jaxnum.linalg.CG`.
+
+    `report`: None, or a host callable given each solve's statistics (see
+    `report_solve`; `num_steps` counts CG iterations, one product each).
     """
     b, unravel = ravel_pytree(rhs)
 
@@ -81,9 +108,16 @@ def spd_solve(operator: lx.AbstractLinearOperator, rhs, *, preconditioner, rtol:
         precond = lambda v: ravel_pytree(preconditioner.mv(unravel(v)))[0]
     steps = 10 * b.size if max_steps is None else max_steps
 
-    def solve(mv, b):
-        x, conv, bad = pcg(mv, precond, b, rtol=rtol, max_steps=steps)
-        x = eqx.error_if(x, bad, BREAKDOWN_MESSAGE)
-        return eqx.error_if(x, ~conv & ~bad, MAX_STEPS_MESSAGE)
+    def solver(mode):
+        def solve(mv, b):
+            x, conv, bad, k = pcg(mv, precond, b, rtol=rtol, max_steps=steps)
+            if report is not None:
+                report_solve(report, mode, "CG", mv, x, b, k, conv)
+            x = eqx.error_if(x, bad, BREAKDOWN_MESSAGE)
+            return eqx.error_if(x, ~conv & ~bad, MAX_STEPS_MESSAGE)
 
-    return unravel(lax.custom_linear_solve(matvec, b, solve, symmetric=True))
+        return solve
+
+    return unravel(
+        lax.custom_linear_solve(matvec, b, solver("tangent"), solver("transpose"), symmetric=True)
+    )
