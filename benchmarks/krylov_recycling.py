@@ -32,6 +32,9 @@ and applied in float32, the answer in float64; session 13), with `--gcrodr-alt32
 H` also with `basis_dtype=float32` (session 14), and with `--coarse B`
 also GMRES(40) and GCRO-DR(40, 20) with two-level (subdomain) deflation on blocks
 of edge B (`coarse_blocks=B`), GCRO-DR both without carrying and in similarity order.
+With `--gmres-cgs2`, also jaxnum GMRES(40) with CGS2 re-orthogonalisation
+(`reorthogonalize=True`, the Arnoldi the issue names; the default is CGS1), and the
+products ratios against it.
 
 Times are the process CPU time per system (every side single-threaded, so this is
 the compute each side spent, independent of other load on a shared machine); wall
@@ -335,6 +338,10 @@ def run_case(name, args):
         rec_name = f"DeflatedCG(k={args.dcg_recycle})"
     else:
         indep = {"jaxnum GMRES(40)": jl.GMRES(RTOL, 0.0, restart=M), "jaxnum GCRO-DR(40,20), no carry": None}
+        if args.gmres_cgs2:
+            # Session 16: the baseline as the issue specifies GMRES (Arnoldi with
+            # re-orthogonalisation, CGS2), next to the CGS1 default.
+            indep["jaxnum GMRES(40), CGS2"] = jl.GMRES(RTOL, 0.0, restart=M, reorthogonalize=True)
         rec = jl.GCRODR(RTOL, 0.0, restart=M, recycle=K, harvest_every=args.harvest_every)
         rec_name = "GCRO-DR(40,20)"
     alts = []
@@ -470,6 +477,8 @@ def ratios(name, rows):
         given = rows["jaxnum GCRO-DR(40,20), given"]
         nocarry = rows["jaxnum GCRO-DR(40,20), no carry"]
         put_mv(out, "matvecs GMRES(40) / GCRO-DR sim", rows["jaxnum GMRES(40)"], sim)
+        if "jaxnum GMRES(40), CGS2" in rows:
+            put_mv(out, "matvecs GMRES(40) CGS2 / GCRO-DR sim", rows["jaxnum GMRES(40), CGS2"], sim)
         put_mv(out, "matvecs scipy GMRES(40) / GCRO-DR sim", rows["scipy gmres(40)"], sim)
         put_mv(out, "matvecs no-carry / sim", nocarry, sim)
         put_mv(out, "matvecs given / no-carry", given, nocarry)
@@ -483,6 +492,8 @@ def ratios(name, rows):
             c = rows[key]
             own = rows.get(key.replace(", similarity", ", no carry"))
             put_mv(out, f"matvecs GMRES(40) / GCRO-DR sim{tag}", rows["jaxnum GMRES(40)"], c)
+            if "jaxnum GMRES(40), CGS2" in rows:
+                put_mv(out, f"matvecs GMRES(40) CGS2 / GCRO-DR sim{tag}", rows["jaxnum GMRES(40), CGS2"], c)
             if own is not None:  # the same (m, k, harvest_every) without carrying
                 put_mv(out, f"matvecs no-carry / sim{tag}, same setting", own, c)
             else:
@@ -594,6 +605,8 @@ def build_parser():
                         help="also run GMRES(40) and GCRO-DR(40,20) with coarse_blocks=B (two-level "
                              "deflation; GCRO-DR without carrying and in similarity order; non-symmetric cases)")
     parser.add_argument("--dcg-keep", type=int, default=None, help="DeflatedCG harvest_keep (default: recycle // 2)")
+    parser.add_argument("--gmres-cgs2", action="store_true",
+                        help="also time jaxnum GMRES(40) with CGS2 re-orthogonalisation (reorthogonalize=True)")
     parser.add_argument("--warm-start", type=int, default=4, help="previous solutions for the warm-start rows (0: no such rows)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one machine-readable line at the end")
