@@ -12,6 +12,7 @@ from jaxtyping import Array, PyTree
 from ..linalg import RecycleSpace
 from ._adjoint import ImplicitAdjoint
 from ._implicit import check_optimality_shape, linearised_operator, structure
+from ._spd_solve import report_solve
 
 
 class AdjointState(eqx.Module):
@@ -66,6 +67,7 @@ def hypergradient(
 
     **Returns:** `(value, grad, state, stats)`; `stats` has `adjoint_num_matvecs`,
     `adjoint_residual` (true relative residual) and `result` (a `lineax.RESULTS`).
+    An `adjoint.report` (e.g. `AdjointLog`) also receives the solve's record.
     """
     adjoint = ImplicitAdjoint() if adjoint is None else adjoint
     if not isinstance(adjoint, ImplicitAdjoint):
@@ -98,6 +100,11 @@ def hypergradient(
     _, vjp = jax.vjp(lambda p: optimality(y, p), params)
     (correction,) = vjp(lam)
     grad = jtu.tree_map(lambda a, b: a - b, g_theta, correction)
+    if adjoint.report is not None:  # the same record as the implicit rule's solves
+        ok = sol.result == lx.RESULTS.successful
+        steps = sol.stats.get("num_matvecs", sol.stats.get("num_steps", jnp.array(-1)))
+        name = type(adjoint.solver(symmetric)).__name__
+        report_solve(adjoint.report, "transpose", name, operator.mv, lam, g_y, steps, ok)
     stats = {
         "adjoint_num_matvecs": sol.stats.get("num_matvecs", jnp.array(-1)),
         "adjoint_residual": sol.stats.get("residual", jnp.array(jnp.nan)),
