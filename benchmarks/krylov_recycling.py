@@ -476,9 +476,10 @@ def ratios(name, rows):
         sim = rows["jaxnum GCRO-DR(40,20), similarity"]
         given = rows["jaxnum GCRO-DR(40,20), given"]
         nocarry = rows["jaxnum GCRO-DR(40,20), no carry"]
+        cgs2 = rows.get("jaxnum GMRES(40), CGS2")  # with --gmres-cgs2
         put_mv(out, "matvecs GMRES(40) / GCRO-DR sim", rows["jaxnum GMRES(40)"], sim)
-        if "jaxnum GMRES(40), CGS2" in rows:
-            put_mv(out, "matvecs GMRES(40) CGS2 / GCRO-DR sim", rows["jaxnum GMRES(40), CGS2"], sim)
+        if cgs2 is not None:
+            put_mv(out, "matvecs GMRES(40) CGS2 / GCRO-DR sim", cgs2, sim)
         put_mv(out, "matvecs scipy GMRES(40) / GCRO-DR sim", rows["scipy gmres(40)"], sim)
         put_mv(out, "matvecs no-carry / sim", nocarry, sim)
         put_mv(out, "matvecs given / no-carry", given, nocarry)
@@ -492,8 +493,8 @@ def ratios(name, rows):
             c = rows[key]
             own = rows.get(key.replace(", similarity", ", no carry"))
             put_mv(out, f"matvecs GMRES(40) / GCRO-DR sim{tag}", rows["jaxnum GMRES(40)"], c)
-            if "jaxnum GMRES(40), CGS2" in rows:
-                put_mv(out, f"matvecs GMRES(40) CGS2 / GCRO-DR sim{tag}", rows["jaxnum GMRES(40), CGS2"], c)
+            if cgs2 is not None:
+                put_mv(out, f"matvecs GMRES(40) CGS2 / GCRO-DR sim{tag}", cgs2, c)
             if own is not None:  # the same (m, k, harvest_every) without carrying
                 put_mv(out, f"matvecs no-carry / sim{tag}, same setting", own, c)
             else:

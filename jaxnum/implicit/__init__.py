@@ -13,9 +13,6 @@ from ._adjoint import (
     AbstractAdjoint as AbstractAdjoint,
 )
 from ._adjoint import (
-    AdjointLog as AdjointLog,
-)
-from ._adjoint import (
     CheckpointedUnroll as CheckpointedUnroll,
 )
 from ._adjoint import (
@@ -92,5 +89,6 @@ from ._prox import (
     prox_l1 as prox_l1,
 )
 from ._proximal_gradient import ProximalGradient as ProximalGradient
+from ._report import AdjointLog as AdjointLog
 from ._solution import RESULTS as RESULTS
 from ._solution import Solution as Solution

@@ -12,7 +12,8 @@ from jax.flatten_util import ravel_pytree
 
 from ..linalg import CG, GMRES
 from ._base import tree_norm
-from ._spd_solve import report_solve, spd_solve
+from ._report import report_solution
+from ._spd_solve import spd_solve
 
 # Unknowns from which `ImplicitAdjoint()` estimates a Jacobi preconditioner (measured
 # crossover on logistic regression, see `ImplicitAdjoint`).
@@ -45,63 +46,12 @@ def estimated_jacobi(operator: lx.AbstractLinearOperator, probes: int) -> lx.Dia
     return lx.DiagonalLinearOperator(unravel(1.0 / diag))
 
 
-class AdjointLog:
-    """Collects the statistics of adjoint solves on the host.
-
-    The adjoint solve of implicit differentiation runs when a derivative is taken,
-    after the driver has returned its `Solution`, so its statistics cannot be in
-    `Solution.stats`. Pass a log as `ImplicitAdjoint(report=log)` and every adjoint
-    solve appends one record (under `jit`, `vmap`, `grad`, `jvp` alike):
-
-    ```python
-    log = jaxnum.implicit.AdjointLog()
-    adjoint = jaxnum.implicit.ImplicitAdjoint(report=log)
-    g = jax.grad(outer)(theta)      # outer calls minimise(..., adjoint=adjoint)
-    log.last  # {'mode': 'transpose', 'solver': 'CG', 'num_steps': 12,
-              #  'residual': 6.1e-11, 'converged': True}
-    ```
-
-    Record fields: `mode` (`"tangent"` for forward mode, `"transpose"` for the
-    adjoint solve of reverse mode), `solver` (the Krylov or lineax solver's name),
-    `num_steps` (iterations reported by the solver: CG iterations or matrix-vector
-    products; -1 if the solver reports none, e.g. `lineax.LU`), `residual` (the
-    true relative residual `||b - A x|| / ||b||`, one extra product per solve) and
-    `converged`. A `vmap`ped derivative appends one record per batch element. Any
-    callable taking the record dict works in place of a log.
-    """
-
-    def __init__(self):
-        self.records: list[dict] = []
-
-    def __call__(self, record: dict) -> None:
-        self.records.append(record)
-
-    @property
-    def last(self) -> dict:
-        if not self.records:
-            raise LookupError(
-                "AdjointLog: no adjoint solve has been recorded yet; take a derivative "
-                "through a driver or decorator using `ImplicitAdjoint(report=log)` first."
-            )
-        return self.records[-1]
-
-    def clear(self) -> None:
-        self.records.clear()
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __repr__(self) -> str:
-        return f"AdjointLog({len(self.records)} records)"
-
-
 def _reported_solve(operator, rhs, solver, options, symmetric, report):
     """`lineax.linear_solve` wrapped in `jax.lax.custom_linear_solve` so that both the
     tangent solve and the transposed solve of reverse mode report their statistics
     (lineax transposes its own solves internally, out of reach of a callback).
     Failure raises with the solver's message, as `lineax.linear_solve` does."""
     pre = options.get("preconditioner")
-    name = type(solver).__name__
     tags = (lx.symmetric_tag, lx.positive_semidefinite_tag) if symmetric else ()
 
     def make(mode):
@@ -111,10 +61,8 @@ def _reported_solve(operator, rhs, solver, options, symmetric, report):
             if pre is not None:
                 opts["preconditioner"] = pre if mode == "tangent" or symmetric else pre.T
             sol = lx.linear_solve(op, b, solver, options=opts, throw=False)
-            steps = sol.stats.get("num_matvecs", sol.stats.get("num_steps", jnp.array(-1)))
-            ok = sol.result == lx.RESULTS.successful
-            report_solve(report, mode, name, mv, sol.value, b, steps, ok)
-            return sol.result.error_if(sol.value, ~ok)
+            report_solution(report, mode, solver, mv, b, sol)
+            return sol.result.error_if(sol.value, sol.result != lx.RESULTS.successful)
 
         return solve
 

@@ -12,7 +12,7 @@ from jaxtyping import Array, PyTree
 from ..linalg import RecycleSpace
 from ._adjoint import ImplicitAdjoint
 from ._implicit import check_optimality_shape, linearised_operator, structure
-from ._spd_solve import report_solve
+from ._report import report_solution
 
 
 class AdjointState(eqx.Module):
@@ -95,16 +95,14 @@ def hypergradient(
     options["y0"] = state.adjoint
     if state.recycle is not None:
         options["recycle"] = state.recycle
-    sol = lx.linear_solve(operator, g_y, adjoint.solver(symmetric), options=options, throw=False)
+    solver = adjoint.solver(symmetric)
+    sol = lx.linear_solve(operator, g_y, solver, options=options, throw=False)
     lam = sol.value
     _, vjp = jax.vjp(lambda p: optimality(y, p), params)
     (correction,) = vjp(lam)
     grad = jtu.tree_map(lambda a, b: a - b, g_theta, correction)
     if adjoint.report is not None:  # the same record as the implicit rule's solves
-        ok = sol.result == lx.RESULTS.successful
-        steps = sol.stats.get("num_matvecs", sol.stats.get("num_steps", jnp.array(-1)))
-        name = type(adjoint.solver(symmetric)).__name__
-        report_solve(adjoint.report, "transpose", name, operator.mv, lam, g_y, steps, ok)
+        report_solution(adjoint.report, "transpose", solver, operator.mv, g_y, sol)
     stats = {
         "adjoint_num_matvecs": sol.stats.get("num_matvecs", jnp.array(-1)),
         "adjoint_residual": sol.stats.get("residual", jnp.array(jnp.nan)),

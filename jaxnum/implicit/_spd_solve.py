@@ -1,11 +1,12 @@
 """The default adjoint solve of symmetric problems: CG inside `lax.custom_linear_solve`."""
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import lineax as lx
 from jax import lax
 from jax.flatten_util import ravel_pytree
+
+from ._report import report_solve
 
 MAX_STEPS_MESSAGE = (
     "jaxnum.implicit: the adjoint CG solve reached the maximum number of steps "
@@ -58,27 +59,6 @@ def pcg(matvec, precond, b, *, rtol, max_steps):
     x, _, _, _, rr, k, bad = lax.while_loop(cond, body, init)
     conv = rr <= tol2
     return x, conv, bad & ~conv, k
-
-
-def report_solve(report, mode: str, solver: str, matvec, x, b, num_steps, converged):
-    """Sends one adjoint solve's statistics to the host callable `report` (through
-    `jax.debug.callback`, so it works under `jit`, `vmap` and inside the transposed
-    solve of reverse mode). The residual is the *true* relative residual
-    `||b - A x|| / ||b||`, one extra product, paid only when a report is asked for.
-    `b` and `x` are PyTrees; `matvec` applies `A` (or `A^T` for `mode="transpose"`).
-    """
-    r = jax.tree_util.tree_map(jnp.subtract, b, matvec(x))
-    b_norm = jnp.linalg.norm(ravel_pytree(b)[0])
-    r_norm = jnp.linalg.norm(ravel_pytree(r)[0])
-    rel = jnp.where(b_norm > 0, r_norm / jnp.where(b_norm > 0, b_norm, 1.0), r_norm)
-
-    def host(steps, residual, conv):
-        report({
-            "mode": mode, "solver": solver, "num_steps": int(steps),
-            "residual": float(residual), "converged": bool(conv),
-        })
-
-    jax.debug.callback(host, num_steps, rel, converged)
 
 
 def spd_solve(

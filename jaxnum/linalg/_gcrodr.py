@@ -208,9 +208,10 @@ class GCRODR(lx.AbstractLinearSolver):
         as 15 Arnoldi steps); for (40, 20) 4 is the best trade on the
         convection-diffusion benchmark, where `restart=50, recycle=10` is also 10-18%
         faster than (40, 20) for about the same products; the best measured setting
-        there, `restart=80, recycle=40` with a float32 `C` and basis, takes 2. Keep 1 for hard (e.g. indefinite) problems: on the
-        Helmholtz benchmark family a solve that starts without a space needs 2.4x
-        the products with 4 (see `docs/linalg.md`).
+        there, `restart=80, recycle=40` with a float32 `C` and basis, takes 2. Keep 1
+        for hard (e.g. indefinite) problems: on the Helmholtz benchmark family a solve
+        that starts without a space needs 2.4x the products with 4 (see
+        `docs/linalg.md`).
     - `projection_dtype`: the precision in which `C`, the orthonormal image of the
         recycle space that every Arnoldi step projects against, is held and applied
         during a solve (default: the operator's). `jnp.float32` for a float64
