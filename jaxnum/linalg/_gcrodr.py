@@ -145,7 +145,12 @@ def harmonic_ritz_harvest(k: int):
             Rp_safe, P.T, left_side=True, lower=False, transpose_a=True
         )
         coef = coef.at[:, k:].set(jnp.where(used[None, :], coef[:, k:], 0.0))
-        keep_c = jnp.eye(kc + size + 1, k, dtype=dtype)  # [I; 0]: C itself (0 if kc = 0)
+        # [I; 0] selects C itself. Without a C (kc = 0, a first cycle) a failed harvest
+        # must give C = 0, not the first k Arnoldi vectors: the next cycles project
+        # against C whether or not `have` is set, and a C without its U decoupled the
+        # recurrence from the true residual (two eigenvalue clusters 1e9 apart: the
+        # true residual ended ~1e7 times the estimate).
+        keep_c = jnp.eye(kc + size + 1, k, dtype=dtype) * (1.0 if kc else 0.0)
         C_coef = jnp.where(ok, Qp[k - kc :], keep_c)
         C_out = C_coef[kc:].T.astype(low) @ Vl
         if kc:
