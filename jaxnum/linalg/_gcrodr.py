@@ -229,8 +229,8 @@ class GCRODR(lx.AbstractLinearSolver):
         residual by much more than `1/eps` of `C`'s precision (~1e7 in float32):
         keep the default where single cycles converge by more than that, and where
         the deflated eigenvalues lie far below the rest of the spectrum (two
-        clusters 1e5 apart: a carried float32 `C` stagnates at ~1e-3, reported as
-        `RESULTS.stagnation`; see `docs/linalg.md`). The space handed to the
+        clusters 1e6-1e7 apart: a carried float32 `C` can make the solve stagnate;
+        it is then dropped, see below, and `docs/linalg.md`). The space handed to the
         next solve (`stats["recycle"]`) is in the operator's dtype either way.
     - `basis_dtype`: the precision in which the Arnoldi basis of the cycles between
         harvests is stored and orthogonalised (default: the operator's; needs
@@ -257,6 +257,10 @@ class GCRODR(lx.AbstractLinearSolver):
     **Stats:** `num_matvecs` (re-projection included), `num_restarts`, `residual`
     (final true relative residual), `recycle` (the new `RecycleSpace`), and
     `carried` (whether this solve used the carried space).
+
+    A carried space that makes the solve stagnate (no progress over a full cycle, or
+    the attainable-accuracy test) is dropped once: the solve goes on from its best
+    iterate without it, as a solve without a space would, and harvests a new one.
 
     **Derivatives:** implicit, through `lineax.linear_solve`. Tangent solves reuse the
     space (same operator); transposed solves keep it only for symmetric operators.

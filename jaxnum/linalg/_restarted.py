@@ -69,7 +69,9 @@ def restarted_krylov(
     product (counted) confirms it. It ends as stagnated when a full cycle makes no
     progress, or when checks keep finding the true residual above the tolerance
     without improving on it (`_misc.floor_update`: the attainable accuracy is
-    reached, the tolerance is below what rounding allows).
+    reached, the tolerance is below what rounding allows). A carried recycle
+    space (`have` on entry) that makes the solve stagnate is dropped once instead,
+    and the loop goes on from its best iterate without it.
     """
     dtype = b.dtype
     k = 0 if U is None else U.shape[0]
@@ -120,14 +122,14 @@ def restarted_krylov(
         return b_safe - matvec(x), matvecs + 1
 
     def cond(carry):
-        *_, mv, _, conv, stag, broke, _, _, _, _, _ = carry
+        *_, mv, _, conv, stag, broke, _, _, _, _, _, _ = carry
         return ~(conv | stag | broke) & (mv < max_steps)
 
     def body(carry, size, fresh):
         # `fresh`: the first cycle of a solve without a space (U = C = 0): a plain
         # GMRES(size) cycle, no projection.
         (x, r, rnorm, _, U, C, have, grams, mv, cyc, conv, stag, broke, floor, strikes,
-         best_x, best, anchor) = carry
+         best_x, best, anchor, dropped) = carry
         project = k > 0 and not fresh
         if project:
             # U and C are zero when `have` is False, so no masking is needed. The
@@ -212,9 +214,31 @@ def restarted_krylov(
         best_x = jnp.where(improved, x, best_x)
         best = jnp.where(improved, rnorm_new, best)
         broke = ~conv & (breakdown & no_progress | ~jnp.isfinite(rnorm_new))
+        if project:
+            # A carried space that makes the solve stagnate (e.g. a float32 `C` for
+            # eigenvalues far below the rest, or vectors of another operator's
+            # eigenvalues): drop it once and go on without it from the best iterate,
+            # as a solve without a space would (the cycles then harvest a new one),
+            # instead of reporting a stagnation that the space itself caused.
+            retry = stag & ~broke & have & ~dropped
+            dropped = dropped | retry
+            U = jnp.where(retry, 0.0, U)
+            C = jnp.where(retry, 0.0, C)
+            grams = tuple(jnp.where(retry, 0.0, g) for g in grams)
+            have = have & ~retry
+            stag = stag & ~retry
+            floor = jnp.where(retry, jnp.inf, floor)
+            strikes = jnp.where(retry, 0, strikes)
+            x = jnp.where(retry & (best < rnorm_new), best_x, x)
+            r_new, mv = lax.cond(
+                retry, true_residual, lambda x, m: (r_new, m), x, mv
+            )
+            rnorm_new = jnp.linalg.norm(r_new)
+            check = check | retry
+            anchor = jnp.where(retry, rnorm_new, anchor)
         return (
             x, r_new, rnorm_new, check, U, C, have, grams, mv, cyc + 1, conv, stag, broke,
-            floor, strikes, best_x, best, anchor,
+            floor, strikes, best_x, best, anchor, dropped,
         )
 
     r0norm = jnp.linalg.norm(r0)
@@ -237,6 +261,7 @@ def restarted_krylov(
         x0,
         r0norm,
         r0norm,
+        ~have,  # only a carried space is dropped on stagnation (see `body`)
     )
     if k > 0:
         # Without a recycle space the first cycle is a full GMRES(m) cycle, which
@@ -249,7 +274,7 @@ def restarted_krylov(
     else:
         loop_size = size
     (x, r, rnorm, r_true, U, C, have, grams, mv, cyc, conv, stag, broke, _, _, best_x,
-     best, _) = lax.while_loop(cond, lambda c: body(c, loop_size, k == 0), init)
+     best, _, _) = lax.while_loop(cond, lambda c: body(c, loop_size, k == 0), init)
     # Report the true residual, computing it if the loop left on an estimate.
     r, mv = lax.cond(r_true, lambda x, m: (r, m), true_residual, x, mv)
     rnorm = jnp.linalg.norm(r)
