@@ -416,6 +416,32 @@ def test_small_gcrodr_drops_a_carried_space_that_makes_it_stagnate():
         assert int(carried.stats["num_matvecs"]) < 0.5 * 10 * SMALL
 
 
+def test_small_deflated_cg_stops_deflating_when_a_carried_space_diverges():
+    # The deflation space of the two-cluster matrix (eigenvalues at 1 and 1e-6),
+    # carried to the same matrix with its eigenvectors rotated by ~1e-3: deflated CG
+    # fell to ~1e-7 and then diverged, ending at a residual of ~4e3 after all of
+    # `max_steps` (before session 17), where plain CG reaches the attainable accuracy
+    # (~1e-10 here) in ~30 steps. It now drops W at the divergence and gets as close.
+    A, b = _two_clusters(11, 1e6)
+    rng = np.random.default_rng(2)
+    q, r = np.linalg.qr(np.eye(SMALL) + 1e-3 * rng.standard_normal((SMALL, SMALL)))
+    A2 = (q * np.sign(np.diagonal(r))[None, :]) @ A @ (q * np.sign(np.diagonal(r))[None, :]).T
+    A2 = 0.5 * (A2 + A2.T)
+    solver = _small_solver("dcg")
+    tags = _small_tags("dcg")
+    first = _small_solve(_counted(A, tags), b, solver)
+    assert first.result == lx.RESULTS.successful
+    sol = _small_solve(_counted(A2, tags), b, solver, space=first.stats["recycle"])
+    assert bool(sol.stats["carried"])
+    plain = _small_solve(_counted(A2, tags), b, _small_solver("cg"))
+    x = np.asarray(sol.value)
+    true_res = np.linalg.norm(b - A2 @ x) / np.linalg.norm(b)
+    # (the reported residual is the true one, to the rounding of computing it)
+    np.testing.assert_allclose(float(sol.stats["residual"]), true_res, rtol=0.1, atol=1e-10)
+    assert true_res < max(3 * float(plain.stats["residual"]), RTOL)
+    assert int(sol.stats["num_matvecs"]) < 0.2 * 10 * SMALL
+
+
 def test_small_gcrodr_failed_first_harvest_hands_on_no_space():
     # A first cycle (no C yet) too short to choose k vectors from: the harvest fails
     # and must return an empty pair (U = C = 0, `have` False), never a C without U.

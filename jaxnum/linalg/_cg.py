@@ -1,6 +1,7 @@
 """Preconditioned conjugate gradients, optionally deflated by a recycle space."""
 
 import math
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -59,6 +60,18 @@ class _State(NamedTuple):
     w: Array
     ab: tuple
     level: Array  # next Galerkin-restart level (init-CG), 0 when unused
+    low: Array  # smallest recurrence residual norm so far
+    deflating: Array  # whether W still deflates (see DIVERGENCE)
+
+
+# Deflated CG with a carried space `W` that is poor for the current operator (e.g.
+# eigenvectors of another operator for eigenvalues far below the rest) can diverge:
+# on a two-cluster matrix 1e6 apart whose eigenvectors had turned by ~1e-3, its
+# residual fell to 7e-8 and then grew to 4e3 by `max_steps`, where plain CG converges
+# in 38 steps. Once the recurrence residual exceeds `DIVERGENCE` times the smallest
+# one seen, the solve stops deflating by `W` and restarts plain CG from the true
+# residual.
+DIVERGENCE = 1e3
 
 
 def deflated_cg_loop(
@@ -131,9 +144,10 @@ def deflated_cg_loop(
             mu = solve_E(jnp.concatenate(parts))
             return mu[:m], mu[m:]
 
-        def correct(x, r, mv):  # Galerkin correction on span([Z, W]); returns mv too
+        def correct(x, r, mv, on=True):  # Galerkin correction on span([Z, W]); + mv
             mu_z, mu_w = coefficients(r, applied=False)
             if k:
+                mu_w = jnp.where(on, mu_w, 0.0)
                 x = x + (mu_w @ Wr).reshape(shape)
                 r = r - (mu_w @ AWr).reshape(shape)
             if m:
@@ -143,17 +157,19 @@ def deflated_cg_loop(
                 mv = mv + 1
             return x, r, mv
 
-        def deflate_direction(z):  # z - [Z, W] E^{-1} (A [Z, W])^T z
+        def deflate_direction(z, on=True):  # z - [Z, W] E^{-1} (A [Z, W])^T z
             mu_z, mu_w = coefficients(z, applied=True)
             if m:
                 z = z - coarse.prolong(mu_z)
             if k:
-                z = z - (mu_w @ Wr).reshape(shape)
+                z = z - (jnp.where(on, mu_w, 0.0) @ Wr).reshape(shape)
             return z
     else:
-        correct = lambda x, r, mv: (x, r, mv)
+        correct = lambda x, r, mv, on=True: (x, r, mv)
     if not (every_step and (k or m)):
-        deflate_direction = lambda z: z
+        deflate_direction = lambda z, on=True: z
+    # The divergence fallback (DIVERGENCE): for deflation by W alone, every step.
+    fallback = bool(k) and not m and every_step
     factor = None if (every_step or not (k or m)) else restart_factor
 
     mv = jnp.asarray(matvecs0, jnp.int32)
@@ -174,7 +190,7 @@ def deflated_cg_loop(
 
     # Each branch also returns `r.r`: without a preconditioner it is `r.z`, so an
     # iteration needs two reductions, as plain CG does.
-    def confirm(x, r, rr, mv, level, floor, strikes):
+    def confirm(x, r, rr, mv, level, floor, strikes, on=True):
         rt = b - matvec(x)
         mv = mv + 1
         rt_norm = jnp.linalg.norm(rt)
@@ -189,7 +205,7 @@ def deflated_cg_loop(
                 rt_ok, lambda x, r, mv: (x, r, mv), correct, x, rt, mv
             )
         else:
-            x2, rt2, _ = correct(x, rt, mv)
+            x2, rt2, _ = correct(x, rt, mv, on)
             x = jnp.where(rt_ok, x, x2)
             rt = jnp.where(rt_ok, rt, rt2)
         rr = jnp.vdot(rt, rt)
@@ -231,10 +247,16 @@ def deflated_cg_loop(
             drifted = jnp.linalg.norm(coarse.restrict(r)) > 0.1 * coarse_scale * rnorm
         else:
             drifted = jnp.array(False)
+        if fallback:
+            diverged = c.deflating & (rnorm > DIVERGENCE * c.low)
+            deflating = c.deflating & ~diverged
+        else:
+            diverged, deflating = jnp.array(False), c.deflating
         if factor is None:
-            trigger = (rnorm <= tol) | drifted
+            trigger = (rnorm <= tol) | drifted | diverged
             x, r, rr, mv, checked, conv, level, floor, strikes = lax.cond(
-                trigger, confirm, keep_going, x, r, rr, mv, c.level, c.floor, c.strikes
+                trigger, partial(confirm, on=deflating), keep_going,
+                x, r, rr, mv, c.level, c.floor, c.strikes,
             )
         else:
             trigger = (rnorm <= jnp.maximum(tol, c.level)) | drifted
@@ -253,7 +275,7 @@ def deflated_cg_loop(
             rz_new = jnp.vdot(r, z)
             z_state = z
         beta = jnp.where(trigger, 0.0, rz_new / jnp.where(rz == 0, 1.0, rz))
-        p = deflate_direction(z) + beta * p
+        p = deflate_direction(z, deflating) + beta * p
         restarts = c.restarts + (trigger & ~conv)
         if harvest:
             a_prev, b_prev, windows = ab
@@ -272,7 +294,7 @@ def deflated_cg_loop(
             pending = jnp.zeros((), dtype)
         new = _State(
             x, r, z_state, p, rz_new, mv, c.it + 1, restarts, conv, bad, checked, floor,
-            strikes, V, T, w, ab, level,
+            strikes, V, T, w, ab, level, jnp.minimum(c.low, jnp.sqrt(rr)), deflating,
         )
         return new, pending
 
@@ -330,6 +352,7 @@ def deflated_cg_loop(
     init = _State(
         x, r, jnp.zeros((), dtype) if identity_precond else z, p, rz, mv, zero, zero, conv0, ~ok_input, jnp.array(True),
         jnp.array(jnp.inf, dtype), zero, V, T, zero, (fzero, fzero, zero), level0,
+        rnorm0, ~empty,
     )
     c = lax.while_loop(running, window, init)
     x, r, mv, conv, broke, w, V, T = c.x, c.r, c.mv, c.conv, c.broke, c.w, c.V, c.T
