@@ -42,6 +42,20 @@ def test_custom_root_ridge_closed_form():
     np.testing.assert_allclose(jax.jacfwd(lambda l: solve(None, l))(lam), ref, rtol=1e-8, atol=1e-11)
 
 
+def test_float32_gradients_of_tiny_and_huge_losses():
+    # The default adjoint CG squared the cotangent's norm: in float32 a loss scaled
+    # by 1e-20 (or 1e20) underflowed (overflowed) it, and the gradient came back as
+    # zero, without an error, before session 17.
+    X, y = _ridge_data()
+    X32, y32 = X.astype(jnp.float32), y.astype(jnp.float32)
+    solve = _ridge_solver(X32, y32)
+    lam = jnp.linspace(0.5, 3.0, X.shape[1])
+    ref = jax.grad(lambda l: jnp.sum(_ridge_closed(X, y, l) ** 2))(lam)
+    for scale in (1e-20, 1e20):
+        g = jax.grad(lambda l, s=scale: s * jnp.sum(solve(None, l) ** 2))(lam.astype(jnp.float32))
+        np.testing.assert_allclose(np.asarray(g, np.float64) / scale, ref, rtol=1e-4, atol=1e-6)
+
+
 def test_custom_root_keyword_arguments_as_jaxopt():
     # JAXopt's decorated solvers take keyword arguments too: array keywords are
     # differentiated like positional ones, others (a flag, an int) stay static.

@@ -90,6 +90,33 @@ def _counted_solve(op, b, solver, space=None):
 
 
 @pytest.mark.parametrize("name", ["gmres", "gcrodr", "cg", "dcg"])
+def test_small_right_hand_sides_of_any_scale(name):
+    # In float32 the squared norm of a right-hand side of ~1e-20 underflows and that
+    # of ~1e20 overflows: before session 17 every solver returned x = 0 as converged
+    # for both. The solvers now work on b / s (s a power of two), which is exact: in
+    # float64 a scaled right-hand side gives the scaled answer to the last bit.
+    rng = np.random.default_rng(21)
+    A = random_matrix(rng, SMALL, "spd" if name in ("cg", "dcg") else "nonsymmetric", 10.0)
+    b = rng.standard_normal(SMALL)
+    kw = {"recycle": 6} if name == "dcg" else {"restart": 16, "recycle": 6} if name == "gcrodr" else {}
+    cls = {"gmres": jl.GMRES, "gcrodr": jl.GCRODR, "cg": jl.CG, "dcg": jl.DeflatedCG}[name]
+    op32 = lx.MatrixLinearOperator(jnp.asarray(A, jnp.float32), _small_tags(name))
+    solver32 = cls(rtol=1e-5, atol=0.0, **kw)
+    x_ref = np.linalg.solve(A, b)
+    for scale in (1e-20, 1e20):
+        rhs = jnp.asarray(b * scale, jnp.float32)
+        sol = lx.linear_solve(op32, rhs, solver32, throw=False)
+        assert sol.result == lx.RESULTS.successful
+        x = np.asarray(sol.value, np.float64) / scale
+        np.testing.assert_allclose(x, x_ref, rtol=0, atol=1e-3 * np.abs(x_ref).max())
+        assert float(sol.stats["residual"]) <= 1e-5
+    plain = _small_solve(_counted(A, _small_tags(name)), b, _small_solver(name))
+    scaled = _small_solve(_counted(A, _small_tags(name)), b * 2.0**-60, _small_solver(name))
+    np.testing.assert_array_equal(np.asarray(scaled.value) * 2.0**60, np.asarray(plain.value))
+    assert int(scaled.stats["num_matvecs"]) == int(plain.stats["num_matvecs"])
+
+
+@pytest.mark.parametrize("name", ["gmres", "gcrodr", "cg", "dcg"])
 def test_small_nonfinite_input_and_nonconvergence_are_reported(name):
     A = np.diag(np.linspace(1.0, 6.0, SMALL))
     op = _counted(A, _small_tags(name))

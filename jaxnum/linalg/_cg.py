@@ -22,6 +22,7 @@ from ._misc import (
     floor_update,
     get_preconditioner,
     get_y0,
+    rhs_scale,
     vec_matvec,
     vec_precond,
 )
@@ -463,6 +464,8 @@ def run_cg(
     matvec = vec_matvec(operator, flat)
     precond = vec_precond(preconditioner, flat)
     b = flat.to_vec(vector).reshape(shape)
+    scale = rhs_scale(b)  # solve for x / scale (see `rhs_scale`)
+    b, x0 = b / scale, x0 / scale
     sign = cg_sign(operator)
     if sign < 0:  # solve (-A) x = -b
         base_matvec, base_precond = matvec, precond
@@ -480,7 +483,7 @@ def run_cg(
             x0,
             "y0" in options,
             rtol=solver.rtol,
-            atol=solver.atol,
+            atol=solver.atol / scale,
             max_steps=default_max_steps(solver.max_steps, flat.size),
             W=W if use_w else None,
             AW=AW if use_w else None,
@@ -517,4 +520,4 @@ def run_cg(
         "num_restarts": loop.num_restarts,
         "residual": loop.residual,
     }
-    return flat.from_vec(loop.x.reshape(shape)), (result, stats, loop)
+    return flat.from_vec(loop.x.reshape(shape) * scale), (result, stats, loop)

@@ -19,6 +19,7 @@ from ._misc import (
     final_result,
     get_preconditioner,
     get_y0,
+    rhs_scale,
     spd_inverse,
     storage_dtype,
     vec_matvec,
@@ -332,9 +333,11 @@ class GCRODR(lx.AbstractLinearSolver):
         precond = vec_precond(preconditioner, flat)
         shape = flat.vec_shape
         b = flat.to_vec(vector)
-        x0 = x0.reshape(shape)
+        scale = rhs_scale(b)  # solve for x / scale (see `rhs_scale`)
+        b, x0 = b / scale, x0.reshape(shape) / scale
         matvec, rhs, rtol, atol, finish = deflate(
-            operator, flat, matvec, b, x0, self.coarse_blocks, self.rtol, self.atol, "GCRODR"
+            operator, flat, matvec, b, x0, self.coarse_blocks, self.rtol, self.atol / scale,
+            "GCRODR",
         )
 
         store = storage_dtype(self.projection_dtype, flat.dtype)
@@ -396,7 +399,7 @@ class GCRODR(lx.AbstractLinearSolver):
         stats = krylov_stats(loop)
         stats["recycle"] = new_space
         stats["carried"] = carried
-        return flat.from_vec(loop.x), result, stats
+        return flat.from_vec(loop.x * scale), result, stats
 
     def transpose(self, state, options):
         keep = lx.is_symmetric(state)

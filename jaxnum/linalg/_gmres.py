@@ -14,6 +14,7 @@ from ._misc import (
     final_result,
     get_preconditioner,
     get_y0,
+    rhs_scale,
     storage_dtype,
     vec_matvec,
     vec_precond,
@@ -129,11 +130,12 @@ class GMRES(lx.AbstractLinearSolver):
         preconditioner = get_preconditioner(operator, options, "GMRES")
         x0 = get_y0(flat, vector, options, "GMRES")
         b = flat.to_vec(vector)
-        x0 = x0.reshape(b.shape)
+        scale = rhs_scale(b)  # solve for x / scale (see `rhs_scale`)
+        b, x0 = b / scale, x0.reshape(b.shape) / scale
         size = min(self.restart, flat.size)
         matvec, rhs, rtol, atol, finish = deflate(
             operator, flat, vec_matvec(operator, flat), b, x0, self.coarse_blocks,
-            self.rtol, self.atol, "GMRES",
+            self.rtol, self.atol / scale, "GMRES",
         )
         loop = restarted_krylov(
             matvec,
@@ -152,7 +154,7 @@ class GMRES(lx.AbstractLinearSolver):
         result = final_result(
             loop.converged, loop.ok_input, loop.stagnated & ~loop.broke, ~loop.broke
         )
-        return flat.from_vec(loop.x), result, krylov_stats(loop)
+        return flat.from_vec(loop.x * scale), result, krylov_stats(loop)
 
     def transpose(self, state, options):
         return state.transpose(), transpose_options(options, keep_recycle=False)

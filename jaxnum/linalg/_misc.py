@@ -214,6 +214,23 @@ def final_result(converged, ok_input, stagnated, finite):
     return result
 
 
+def rhs_scale(b: Array) -> Array:
+    """A power of two near `max |b|` (1 for a zero or non-finite `b`).
+
+    The solvers work on `A (x / s) = b / s` and scale the answer back: norms and inner
+    products of a right-hand side of magnitude ~1e-20 or ~1e20 underflow or overflow
+    in float32 (the norm of `b` came out 0 or inf, and the solve returned `x = 0` as
+    converged). Scaling by a power of two is exact, so a well-scaled system takes the
+    same steps to the last bit.
+    """
+    m = jnp.max(jnp.abs(b))
+    ok = jnp.isfinite(m) & (m > 0)
+    e = jnp.round(jnp.log2(jnp.where(ok, m, 1.0))).astype(jnp.int32)
+    # `ldexp`, not `exp2`: XLA's exp2(-59.0) is off by a few ulps, and the scaling
+    # must be exact.
+    return jnp.where(ok, jnp.ldexp(jnp.ones((), b.dtype), e), 1.0).astype(b.dtype)
+
+
 def all_finite(*arrays) -> Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays]))
 
