@@ -122,14 +122,14 @@ def restarted_krylov(
         return b_safe - matvec(x), matvecs + 1
 
     def cond(carry):
-        *_, mv, _, conv, stag, broke, _, _, _, _, _, _ = carry
+        *_, mv, _, conv, stag, broke, _, _, _, _, _, _, _ = carry
         return ~(conv | stag | broke) & (mv < max_steps)
 
     def body(carry, size, fresh):
         # `fresh`: the first cycle of a solve without a space (U = C = 0): a plain
         # GMRES(size) cycle, no projection.
         (x, r, rnorm, _, U, C, have, grams, mv, cyc, conv, stag, broke, floor, strikes,
-         best_x, best, anchor, dropped) = carry
+         best_x, best, best_r, anchor, dropped) = carry
         project = k > 0 and not fresh
         if project:
             # U and C are zero when `have` is False, so no masking is needed. The
@@ -213,13 +213,17 @@ def restarted_krylov(
         improved = check & (rnorm_new < best)
         best_x = jnp.where(improved, x, best_x)
         best = jnp.where(improved, rnorm_new, best)
+        if k > 0:  # its residual too, for the restart when a carried space is dropped
+            best_r = jnp.where(improved, r_new, best_r)
         broke = ~conv & (breakdown & no_progress | ~jnp.isfinite(rnorm_new))
         if project:
             # A carried space that makes the solve stagnate (e.g. a float32 `C` for
             # eigenvalues far below the rest, or vectors of another operator's
-            # eigenvalues): drop it once and go on without it from the best iterate,
-            # as a solve without a space would (the cycles then harvest a new one),
-            # instead of reporting a stagnation that the space itself caused.
+            # eigenvalues): drop it once and go on without it from the best iterate
+            # (whose true residual is kept: no product, which under `vmap`, where
+            # `lax.cond` runs both branches, would cost one per cycle), as a solve
+            # without a space would (the cycles then harvest a new one), instead of
+            # reporting a stagnation that the space itself caused.
             retry = stag & ~broke & have & ~dropped
             dropped = dropped | retry
             U = jnp.where(retry, 0.0, U)
@@ -229,16 +233,14 @@ def restarted_krylov(
             stag = stag & ~retry
             floor = jnp.where(retry, jnp.inf, floor)
             strikes = jnp.where(retry, 0, strikes)
-            x = jnp.where(retry & (best < rnorm_new), best_x, x)
-            r_new, mv = lax.cond(
-                retry, true_residual, lambda x, m: (r_new, m), x, mv
-            )
-            rnorm_new = jnp.linalg.norm(r_new)
+            x = jnp.where(retry, best_x, x)
+            r_new = jnp.where(retry, best_r, r_new)
+            rnorm_new = jnp.where(retry, best, rnorm_new)
             check = check | retry
-            anchor = jnp.where(retry, rnorm_new, anchor)
+            anchor = jnp.where(retry, best, anchor)
         return (
             x, r_new, rnorm_new, check, U, C, have, grams, mv, cyc + 1, conv, stag, broke,
-            floor, strikes, best_x, best, anchor, dropped,
+            floor, strikes, best_x, best, best_r, anchor, dropped,
         )
 
     r0norm = jnp.linalg.norm(r0)
@@ -260,6 +262,7 @@ def restarted_krylov(
         jnp.array(0, jnp.int32),
         x0,
         r0norm,
+        r0,
         r0norm,
         ~have,  # only a carried space is dropped on stagnation (see `body`)
     )
@@ -274,7 +277,7 @@ def restarted_krylov(
     else:
         loop_size = size
     (x, r, rnorm, r_true, U, C, have, grams, mv, cyc, conv, stag, broke, _, _, best_x,
-     best, _, _) = lax.while_loop(cond, lambda c: body(c, loop_size, k == 0), init)
+     best, _, _, _) = lax.while_loop(cond, lambda c: body(c, loop_size, k == 0), init)
     # Report the true residual, computing it if the loop left on an estimate.
     r, mv = lax.cond(r_true, lambda x, m: (r, m), true_residual, x, mv)
     rnorm = jnp.linalg.norm(r)
