@@ -26,6 +26,14 @@ def test_similarity_order_on_a_line():
     order = np.asarray(jl.similarity_order(x))
     np.testing.assert_array_equal(order, [0, 2, 4, 5, 3, 1])
     assert sorted(order.tolist()) == list(range(6))
+    # A system with non-finite features goes last, and the others keep their order
+    # (before session 17 a NaN row turned the whole order into the given one).
+    for bad in (jnp.nan, jnp.inf, -jnp.inf):
+        xb = jnp.concatenate([x[:3], jnp.asarray([[bad]]), x[3:]])
+        order = np.asarray(jl.similarity_order(xb))
+        np.testing.assert_array_equal(order, [0, 2, 5, 6, 4, 1, 3])
+        order = np.asarray(jl.similarity_order(-xb))
+        np.testing.assert_array_equal(order, [0, 2, 5, 6, 4, 1, 3])
 
 
 def test_sequence_matches_independent_solves_in_callers_order():

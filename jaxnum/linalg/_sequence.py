@@ -60,6 +60,10 @@ def similarity_order(features: Float[Array, "N d"], start: int = 0) -> Int[Array
         order, visited = carry
         cur = order[t - 1]
         d = sq - 2 * features @ features[cur] + sq[cur]
+        # A system with non-finite features is visited last (its solve reports the
+        # bad input); NaN distances would otherwise win every `argmin` and turn the
+        # whole order into the given one.
+        d = jnp.where(jnp.isfinite(d), d, jnp.finfo(d.dtype).max)
         d = jnp.where(visited, jnp.inf, d)
         nxt = jnp.argmin(d).astype(jnp.int32)
         return order.at[t].set(nxt), visited.at[nxt].set(True)
