@@ -247,18 +247,18 @@ class DeflatedCG(lx.AbstractLinearSolver):
 
     rtol: float
     atol: float
-    recycle: int = 20
-    harvest: int | None = None
-    harvest_windows: int | None = None
-    harvest_keep: int | None = None
-    harvest_every: int = 1
-    deflation: Literal["every_step", "init"] = "every_step"
+    recycle: int = eqx.field(static=True, default=20)
+    harvest: int | None = eqx.field(static=True, default=None)
+    harvest_windows: int | None = eqx.field(static=True, default=None)
+    harvest_keep: int | None = eqx.field(static=True, default=None)
+    harvest_every: int = eqx.field(static=True, default=1)
+    deflation: Literal["every_step", "init"] = eqx.field(static=True, default="every_step")
     restart_factor: float = 1e-4
     max_steps: int | None = None
-    adaptive: bool = True
+    adaptive: bool = eqx.field(static=True, default=True)
     drop_ratio: float = 0.95
     max_backoff: int = 16
-    coarse_blocks: int | tuple[int, ...] | None = None
+    coarse_blocks: int | tuple[int, ...] | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
         check_tolerances("DeflatedCG", self.rtol, self.atol)

@@ -3,6 +3,7 @@
 import math
 from typing import Any
 
+import equinox as eqx
 import jax.numpy as jnp
 import lineax as lx
 from jax import lax
@@ -271,17 +272,17 @@ class GCRODR(lx.AbstractLinearSolver):
 
     rtol: float
     atol: float
-    restart: int = 40
-    recycle: int = 20
+    restart: int = eqx.field(static=True, default=40)
+    recycle: int = eqx.field(static=True, default=20)
     max_steps: int | None = None
-    adaptive: bool = True
+    adaptive: bool = eqx.field(static=True, default=True)
     drop_ratio: float = 0.95
     max_backoff: int = 16
-    reorthogonalize: bool = False
-    harvest_every: int = 1
-    coarse_blocks: int | tuple[int, ...] | None = None
-    projection_dtype: Any = None
-    basis_dtype: Any = None
+    reorthogonalize: bool = eqx.field(static=True, default=False)
+    harvest_every: int = eqx.field(static=True, default=1)
+    coarse_blocks: int | tuple[int, ...] | None = eqx.field(static=True, default=None)
+    projection_dtype: Any = eqx.field(static=True, default=None)
+    basis_dtype: Any = eqx.field(static=True, default=None)
 
     def __check_init__(self):
         check_tolerances("GCRODR", self.rtol, self.atol)

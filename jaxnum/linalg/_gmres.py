@@ -2,6 +2,7 @@
 
 from typing import Any
 
+import equinox as eqx
 import jax.numpy as jnp
 import lineax as lx
 
@@ -107,11 +108,11 @@ class GMRES(lx.AbstractLinearSolver):
 
     rtol: float
     atol: float
-    restart: int = 40
+    restart: int = eqx.field(static=True, default=40)
     max_steps: int | None = None
-    reorthogonalize: bool = False
-    coarse_blocks: int | tuple[int, ...] | None = None
-    basis_dtype: Any = None
+    reorthogonalize: bool = eqx.field(static=True, default=False)
+    coarse_blocks: int | tuple[int, ...] | None = eqx.field(static=True, default=None)
+    basis_dtype: Any = eqx.field(static=True, default=None)
 
     def __check_init__(self):
         check_tolerances("GMRES", self.rtol, self.atol)
