@@ -219,6 +219,15 @@ def deflated_cg_loop(
         false = jnp.array(False)
         return x, r, rr, mv, false, false, level * factor, floor, strikes
 
+    def preconditioned(r, rr, z_old):
+        """`(z, r.z, z to carry)` for `z = M r`. Without a preconditioner `z` is `r`:
+        the state keeps its old placeholder, since carrying `r` twice would copy it
+        every iteration."""
+        if identity_precond:
+            return r, rr, z_old
+        z = precond(r)
+        return z, jnp.vdot(r, z), z
+
     def cg_step(c: _State):
         V, T, w, ab = c.V, c.T, c.w, c.ab
         if harvest:
@@ -257,13 +266,7 @@ def deflated_cg_loop(
         # a `lax.cond` in the step, under `vmap` (where both branches run) it cost a
         # product in every step; after the loop it costs one per check. The direction
         # computed below is replaced there.
-        if identity_precond:
-            z, rz_new = r, rr
-            z_state = c.z  # z is r: carrying it twice would copy it every iteration
-        else:
-            z = precond(r)
-            rz_new = jnp.vdot(r, z)
-            z_state = z
+        z, rz_new, z_state = preconditioned(r, rr, c.z)
         beta = jnp.where(trigger, 0.0, rz_new / jnp.where(rz == 0, 1.0, rz))
         p = deflate_direction(z, deflating) + beta * p
         if harvest:
@@ -304,13 +307,7 @@ def deflated_cg_loop(
         else:
             out = lax.cond(jnp.linalg.norm(f["r"]) <= tol, confirm, galerkin_restart, *args)
         x, r, rr, mv, checked, conv, level, floor, strikes = out
-        if identity_precond:
-            z_state, rz = f["z"], rr
-            z = r
-        else:
-            z = precond(r)
-            rz = jnp.vdot(r, z)
-            z_state = z
+        z, rz, z_state = preconditioned(r, rr, f["z"])
         return dict(
             f, x=x, r=r, z=z_state, p=deflate_direction(z, f["deflating"]), rz=rz, mv=mv,
             restarts=f["restarts"] + ~conv, conv=conv, checked=checked, floor=floor,
