@@ -263,6 +263,10 @@ def test_integer_inputs_refused_where_a_derivative_is_asked():
     # Integer unknowns: the solution and its derivative live in a continuous space.
     with pytest.raises(TypeError, match="`y0` must hold floating arrays.*Cast it"):
         ji.minimise(inner, solver, jnp.zeros(X.shape[1], jnp.int32), 1.0)
+    # Complex unknowns: refused before the loop (not a while_loop dtype error).
+    with pytest.raises(TypeError, match="complex leaf.*separate real leaves"):
+        ji.minimise(lambda w, k: jnp.sum(jnp.abs(w - k) ** 2), solver,
+                    jnp.zeros(3, jnp.complex128), 1.0)
     # Integer hyperparameters of an explicit hypergradient.
     w = _ridge_closed(X, y, jnp.full(X.shape[1], 3.0))
     with pytest.raises(TypeError, match="`params` is what the gradient is taken with respect to.*Cast it"):

@@ -39,6 +39,13 @@ def _check(solver, problem: Problem, y0, adjoint, name):
             f"`ImplicitAdjoint()`; got {type(adjoint)}."
         )
     for leaf in jax.tree_util.tree_leaves(y0):
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.complexfloating):
+            raise TypeError(
+                f"{name}: `y0` has a complex leaf (dtype {jnp.result_type(leaf)}); "
+                "jaxnum's solvers work on real unknowns. Pass the real and imaginary "
+                "parts as separate real leaves, e.g. `(y.real, y.imag)`, and "
+                "recombine them inside `fn`."
+            )
         if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
             raise TypeError(
                 f"{name}: `y0` must hold floating arrays (the unknowns are "
