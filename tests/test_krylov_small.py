@@ -662,3 +662,109 @@ def test_small_gcrodr_float32_projection_never_fails_silently(cond, storage):
     else:
         assert sol.result == lx.RESULTS.stagnation
         assert true_res > RTOL
+
+
+# ------------------------------------------------- batched Arnoldi cycles (session 18)
+@pytest.mark.parametrize(
+    "projected, reorthogonalize, basis_dtype",
+    [(False, False, None), (True, True, None), (True, False, jnp.float32)],
+)
+def test_arnoldi_cycle_under_vmap_matches_one_system_at_a_time(
+    projected, reorthogonalize, basis_dtype
+):
+    # The batched cycle (`_arnoldi._batched_cycle`) runs the systems in lockstep:
+    # each must take exactly the steps it takes alone (different step limits, an
+    # early exit on the estimate, a breakdown) and produce the same cycle.
+    from jaxnum.linalg._arnoldi import arnoldi_cycle
+
+    rng = np.random.default_rng(18)
+    n, size, k = 24, 12, 3
+    A = np.stack([random_matrix(rng, n, "nonsymmetric", cond=30.0) for _ in range(4)])
+    A[2] = np.eye(n)  # r is an eigenvector: breakdown after one step
+    A[3] = np.eye(n) + 0.05 * rng.standard_normal((n, n))  # converges fast
+    r = rng.standard_normal((4, n))
+    limit = np.array([size, 5, size, size])
+    beta = np.linalg.norm(r, axis=1)
+    tol = np.array([0.0, 0.0, 0.0, 1e-6 * beta[3]])  # system 3 exits on the estimate
+    Ct = np.linalg.qr(rng.standard_normal((4, n, k)))[0].transpose(0, 2, 1)
+    if projected:  # as in GCRO-DR, the cycle starts from r orthogonal to C
+        r -= np.einsum("bkn,bk->bn", Ct, np.einsum("bkn,bn->bk", Ct, r))
+        beta = np.linalg.norm(r, axis=1)
+        tol[3] = 1e-6 * beta[3]
+
+    def cycle(A, r, beta, Ct, limit, tol):
+        A = jnp.asarray(A)
+        return arnoldi_cycle(
+            lambda v: A @ v, lambda v: v, r, beta, Ct if projected else None, limit, size,
+            tol, reorthogonalize, basis_dtype,
+        )
+
+    args = tuple(jnp.asarray(a) for a in (A, r, beta, Ct, limit, tol))
+    batched = jax.jit(jax.vmap(cycle))(*args)
+    for i in range(4):
+        alone = jax.jit(cycle)(*(a[i] for a in args))
+        assert int(batched.steps[i]) == int(alone.steps), i
+        assert bool(batched.breakdown[i]) == bool(alone.breakdown), i
+        for field in ("V", "H", "B", "y", "estimate"):
+            np.testing.assert_allclose(
+                getattr(batched, field)[i], getattr(alone, field), rtol=1e-6, atol=1e-9,
+                err_msg=f"system {i}, {field}",
+            )
+    steps = [int(s) for s in batched.steps]
+    assert steps[:2] == [size, 5] and 1 < steps[3] < size
+    if basis_dtype is None:  # (a float32 basis hides the breakdown below its rounding)
+        assert steps[2] == 1 and bool(batched.breakdown[2])
+    # A shared operator (unbatched matrix) and a nested vmap take the same rule.
+    shared = jax.jit(jax.vmap(cycle, in_axes=(None, 0, 0, 0, 0, 0)))(args[0][0], *args[1:])
+    nested = jax.jit(jax.vmap(jax.vmap(cycle)))(*(jnp.stack([a, a]) for a in args))
+    for i in range(4):
+        alone = jax.jit(cycle)(args[0][0], *(a[i] for a in args[1:]))
+        assert int(shared.steps[i]) == int(alone.steps)
+        np.testing.assert_allclose(shared.y[i], alone.y, rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(nested.y[1, i], batched.y[i], rtol=1e-12, atol=1e-12)
+    if not projected:
+        # Forward mode through the cycle itself (not through lineax) takes the plain
+        # cycle: `jacfwd` (a vmap of JVPs) against central differences.
+        def y_of(r):
+            return cycle(args[0][0], r, jnp.linalg.norm(r), args[3][0], size, 0.0).y
+
+        jac = jax.jit(jax.jacfwd(y_of))(args[1][0])
+        eps, y_jit = 1e-6, jax.jit(y_of)
+        fd = jnp.stack([
+            (y_jit(args[1][0].at[j].add(eps)) - y_jit(args[1][0].at[j].add(-eps))) / (2 * eps)
+            for j in range(3)
+        ], axis=1)
+        np.testing.assert_allclose(jac[:, :3], fd, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["gmres", "gcrodr-f32"])
+def test_solves_under_vmap_match_one_at_a_time(name):
+    # Whole solves under `vmap`: the batched cycles sit inside batched `while_loop`s
+    # and `lax.cond`s (GCRO-DR's first, plain cycle; its harvest every other cycle
+    # with a float32 basis); answers and counts match the systems solved one by one.
+    rng = np.random.default_rng(19)
+    n = 8
+    solver = {
+        "gmres": jl.GMRES(rtol=1e-10, atol=0.0, restart=10, max_steps=2000),
+        "gcrodr": jl.GCRODR(rtol=1e-10, atol=0.0, restart=12, recycle=4, max_steps=2000),
+        "gcrodr-f32": jl.GCRODR(
+            rtol=1e-10, atol=0.0, restart=12, recycle=4, max_steps=2000, harvest_every=2,
+            projection_dtype=jnp.float32, basis_dtype=jnp.float32,
+        ),
+    }[name]
+    a = jnp.asarray(np.exp(0.5 * rng.standard_normal((3, n, n))))
+    v = jnp.asarray(4 * rng.standard_normal((3, 2, n, n)))
+    v = v.at[1].multiply(5.0)  # a harder system: the others wait for it
+    b = jnp.asarray(rng.standard_normal((n, n)))
+
+    def solve(a, v):
+        sol = lx.linear_solve(jl.convection_diffusion_operator(a, v), b, solver, throw=False)
+        return sol.value, sol.result == lx.RESULTS.successful, sol.stats["num_matvecs"]
+
+    x, ok, matvecs = jax.jit(jax.vmap(solve))(a, v)
+    for i in range(3):
+        xi, oki, mi = jax.jit(solve)(a[i], v[i])
+        assert bool(ok[i]) and bool(oki)
+        np.testing.assert_allclose(x[i], xi, rtol=1e-7, atol=1e-9 * float(jnp.abs(xi).max()))
+        assert abs(int(matvecs[i]) - int(mi)) <= 2, (i, matvecs, mi)
+    assert len({int(m) for m in matvecs}) > 1  # the systems did take different paths
