@@ -23,8 +23,10 @@ On CPU a batched program cannot beat the same work done one system at a time, an
 it can lose to it: the systems run in lockstep (each waits for the slowest), and the
 batch's Krylov bases (4 systems x 41 vectors x 64^2 x 8 bytes = 5.4 MB for GMRES(40)
 at 64^2) fall out of a core's 2 MB of L2 where one system's (1.3 MB) fits. The ratio
-`vmap / map` measures what batching costs on top of that; on an accelerator, where
-a batch is what fills the device, it is the cost that matters.
+`vmap / map` measures what batching costs; on an accelerator, where a batch is what
+fills the device, it is the cost that matters. The `lockstep` column, `B max_i p_i /
+sum_i p_i` over the `B` systems' products `p_i`, is the part of it that no batched
+solver avoids: a batch runs as many steps as its slowest system needs.
 """
 # ruff: noqa: I001  (_pin must come before jax)
 
@@ -82,7 +84,7 @@ def batched_rows(case, n, systems, repeats, agree):
     params, make, rhs, symmetric, desc = _case(case, n, systems)
     print(f"\n## {desc}, {systems} systems")
     print(f"{'solver':24s} {'vmap ms':>9s} {'map ms':>9s} {'vmap/map':>9s} "
-          f"{'products vmap/map':>18s} {'max rel. diff':>13s}")
+          f"{'products vmap/map':>18s} {'lockstep':>8s} {'max rel. diff':>13s}")
     reference = None
     for label, solver in _solvers(symmetric, 20 * n * n).items():
         tags = lx.positive_semidefinite_tag if symmetric else ()
@@ -106,7 +108,11 @@ def batched_rows(case, n, systems, repeats, agree):
         if label.startswith("lineax GMRES"):
             label += " *"
         print(f"{label:24s} {1e3 * tv:9.1f} {1e3 * tm:9.1f} {tv / tm:9.2f} "
-              f"{f'{int(np.sum(mv))} / {int(np.sum(mm))}':>18s} {diff:13.1e}{flag}", flush=True)
+              f"{f'{int(np.sum(mv))} / {int(np.sum(mm))}':>18s} "
+              f"{len(mv) * float(np.max(mv)) / float(np.sum(mv)):8.2f} {diff:13.1e}{flag}",
+              flush=True)
+    print("lockstep: systems x the most products of one system / all products (under vmap "
+          "every system waits for the slowest)")
     if not symmetric:
         print("* lineax GMRES reports `num_steps`, its restart cycles, not its products.")
 
