@@ -7,8 +7,9 @@ script times, in one process and on the same systems, each solver two ways:
 - `jit(vmap(solve))`: the systems in one batched program;
 - `jit(lax.map(solve))`: the same systems one after the other;
 
-for jaxnum `GMRES(40)`, `GCRODR(40, 20)` (no carried space) and `CG`, and their
-peers `lineax.GMRES(restart=40)` and `lineax.CG`, then `solve_sequence` with one
+for jaxnum `GMRES(40)`, `GCRODR(40, 20)` (no carried space), `CG` and
+`DeflatedCG(recycle=20)` (harvesting, no carried space), and their peers
+`lineax.GMRES(restart=40)` and `lineax.CG`, then `solve_sequence` with one
 chunk against `--chunks` chunks (GCRO-DR carrying its space inside each chunk). It
 checks that every row's solutions agree with jaxnum's `lax.map` ones (relative error
 of the stacked solutions, `--agree`), prints medians over `--repeats` calls and the
@@ -70,6 +71,9 @@ def _solvers(symmetric, max_steps):
         return {
             "jaxnum CG": jl.CG(rtol=1e-8, atol=0.0, max_steps=max_steps),
             "lineax CG": lx.CG(rtol=1e-8, atol=0.0, max_steps=max_steps),
+            "jaxnum DeflatedCG(20)": jl.DeflatedCG(
+                rtol=1e-8, atol=0.0, recycle=20, max_steps=max_steps
+            ),
         }
     return {
         "jaxnum GMRES(40)": jl.GMRES(rtol=1e-8, atol=0.0, restart=40, max_steps=max_steps),
@@ -120,7 +124,8 @@ def batched_rows(case, n, systems, repeats, agree):
 def sequence_rows(case, n, systems, chunks, repeats, agree):
     params, make, rhs, symmetric, desc = _case(case, n, systems)
     solvers = (
-        {"jaxnum CG": jl.CG(rtol=1e-8, atol=0.0)}
+        {"jaxnum CG": jl.CG(rtol=1e-8, atol=0.0),
+         "jaxnum DeflatedCG(20)": jl.DeflatedCG(rtol=1e-8, atol=0.0, recycle=20)}
         if symmetric else
         {"jaxnum GMRES(40)": jl.GMRES(rtol=1e-8, atol=0.0, restart=40),
          "jaxnum GCRODR(40, 20)": jl.GCRODR(rtol=1e-8, atol=0.0, restart=40, recycle=20)}

@@ -8,6 +8,8 @@ import jax.numpy as jnp
 from jax import custom_batching, lax
 from jaxtyping import Array, Bool, Float, Int
 
+from ._batching import hoist
+
 # Rows of the basis added per chunk of Arnoldi steps (see `arnoldi_cycle`).
 CHUNK = 8
 
@@ -94,23 +96,17 @@ def arnoldi_cycle(
     def apply(v):
         return matvec(precond(v))
 
-    # The operator's arrays (closed over, possibly batched, of any dtype) become
-    # explicit inputs, as a custom batching rule needs.
-    apply, consts = _closure_convert(apply, r)
+    # The operator's arrays (closed over, possibly batched) become explicit inputs,
+    # as a batching rule needs; so do the cycle's own constants.
+    apply, consts = hoist(apply, r)
     static = (apply, size, reorthogonalize, basis_dtype)
     args = (r, jnp.asarray(beta), Ct, jnp.asarray(limit), jnp.asarray(tol), consts)
     flat, tree = jax.tree.flatten(args)
-    # The cycle as a jaxpr whose constants (e.g. the index arrays of `x.at[:n]`)
-    # are inputs too: a batching rule may find any of them batched (inside a
-    # batched `lax.cond`, every operand is), and `custom_vmap` allows none to be.
-    closed, out_shape = jax.make_jaxpr(
-        lambda *flat: _cycle(*static, *jax.tree.unflatten(tree, flat)), return_shape=True
-    )(*flat)
-    out_tree = jax.tree.structure(out_shape)
+    plain, hoisted = hoist(lambda *flat: _cycle(*static, *jax.tree.unflatten(tree, flat)), *flat)
 
     @custom_batching.custom_vmap
     def cycle(hoisted, *flat):
-        return jax.tree.unflatten(out_tree, jax.core.eval_jaxpr(closed.jaxpr, hoisted, *flat))
+        return plain(hoisted, *flat)
 
     @cycle.def_vmap
     def _(axis_size, in_batched, hoisted, *flat):
@@ -127,25 +123,9 @@ def arnoldi_cycle(
 
     @differentiable.defjvp
     def _(primals, tangents):
-        def plain(*flat):
-            return _cycle(*static, *jax.tree.unflatten(tree, flat))
+        return jax.jvp(lambda *flat: plain(primals[0], *flat), primals[1:], tangents[1:])
 
-        return jax.jvp(plain, primals[1:], tangents[1:])
-
-    return differentiable(list(closed.consts), *flat)
-
-
-def _closure_convert(fn, x):
-    """`fn(x)` as `(pure(x, *consts), consts)`: every array `fn` closes over (traced
-    or not, of any dtype) becomes an explicit argument. (`jax.closure_convert` hoists
-    only the values that may carry a tangent, so an integer tracer would stay in the
-    closure, where a batching rule cannot see it.)"""
-    closed = jax.make_jaxpr(fn)(x)
-
-    def pure(x, *consts):
-        return jax.core.eval_jaxpr(closed.jaxpr, consts, x)[0]
-
-    return pure, list(closed.consts)
+    return differentiable(hoisted, *flat)
 
 
 def _chunk_ends(size: int) -> list[int]:
@@ -201,7 +181,7 @@ def _step(apply, reorthogonalize: bool, carry, Ct, consts, at=None, active=None)
         return a.at[index].set(value)
 
     rows = W.shape[0]  # Arnoldi rows this chunk can reach (static)
-    w = apply(W[i].astype(dtype), *consts)
+    w = apply(consts, W[i].astype(dtype))
     # Materialise the product once: otherwise XLA fuses the operator into each
     # of its consumers below (the norm and both Gram-Schmidt products) and
     # evaluates it three times.
