@@ -5,10 +5,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax import custom_batching, lax
+from jax import lax
 from jaxtyping import Array, Bool, Float, Int
 
-from ._batching import hoist
+from ._batching import batched_axes, hoist, with_batching_rule
 
 # Rows of the basis added per chunk of Arnoldi steps (see `arnoldi_cycle`).
 CHUNK = 8
@@ -104,28 +104,14 @@ def arnoldi_cycle(
     flat, tree = jax.tree.flatten(args)
     plain, hoisted = hoist(lambda *flat: _cycle(*static, *jax.tree.unflatten(tree, flat)), *flat)
 
-    @custom_batching.custom_vmap
-    def cycle(hoisted, *flat):
-        return plain(hoisted, *flat)
-
-    @cycle.def_vmap
-    def _(axis_size, in_batched, hoisted, *flat):
+    def rule(axis_size, in_batched, hoisted, *flat):
         batched = jax.tree.unflatten(tree, in_batched[1:])
         return _batched_cycle(*static, axis_size, batched, *jax.tree.unflatten(tree, flat))
 
-    # Forward-mode derivatives go through the plain cycle (JAX's own JVP of a
-    # `custom_vmap` batches the tangents wrongly under `jax.vmap(jax.jvp(...))`, e.g.
-    # in `jax.jacfwd`). Solves reached through `lineax.linear_solve` never take this
-    # path: lineax differentiates the solve, not the solver's iterations.
-    @jax.custom_jvp
-    def differentiable(hoisted, *flat):
-        return cycle(hoisted, *flat)
-
-    @differentiable.defjvp
-    def _(primals, tangents):
-        return jax.jvp(lambda *flat: plain(primals[0], *flat), primals[1:], tangents[1:])
-
-    return differentiable(hoisted, *flat)
+    # Forward-mode derivatives go through the plain cycle. Solves reached through
+    # `lineax.linear_solve` never take this path: lineax differentiates the solve,
+    # not the solver's iterations.
+    return with_batching_rule(plain, rule, hoisted, *flat)
 
 
 def _chunk_ends(size: int) -> list[int]:
@@ -272,8 +258,7 @@ def _batched_cycle(
     r, beta, Ct, limit, tol, consts,
 ):
     """`_cycle` for `axis_size` systems at once, in lockstep (see `arnoldi_cycle`)."""
-    axes = [jax.tree.map(lambda batched: 0 if batched else None, x) for x in in_batched]
-    ax_r, ax_beta, ax_ct, ax_limit, ax_tol, ax_consts = axes
+    ax_r, ax_beta, ax_ct, ax_limit, ax_tol, ax_consts = batched_axes(in_batched)
     k = 0 if Ct is None else Ct.shape[0 if ax_ct is None else 1]
     carry = jax.vmap(
         lambda r, beta: _start(r, beta, k, size, basis_dtype),

@@ -35,8 +35,36 @@ def hoist(fn: Callable, *example_args):
     return pure, list(closed.consts)
 
 
-def _batched_axes(in_batched):
+def batched_axes(in_batched):
+    """`vmap` `in_axes` from a batching rule's `in_batched` flags."""
     return jax.tree.map(lambda batched: 0 if batched else None, in_batched)
+
+
+def with_batching_rule(plain: Callable, rule: Callable, *args):
+    """`plain(*args)`, but under `vmap` `rule(axis_size, in_batched, *args)` runs instead,
+    and forward-mode derivatives differentiate `plain`.
+
+    JAX's own JVP of a `custom_vmap` batches the tangents wrongly under
+    `jax.vmap(jax.jvp(...))` (e.g. in `jax.jacfwd`: repeated rows), hence the
+    `custom_jvp` around it. Every array `plain` and `rule` use must be in `args`
+    (see `hoist`).
+    """
+
+    @custom_batching.custom_vmap
+    def batched(*args):
+        return plain(*args)
+
+    batched.def_vmap(rule)
+
+    @jax.custom_jvp
+    def differentiable(*args):
+        return batched(*args)
+
+    @differentiable.defjvp
+    def _(primals, tangents):
+        return jax.jvp(plain, primals, tangents)
+
+    return differentiable(*args)
 
 
 def _broadcast(tree, batched, axis_size):
@@ -57,23 +85,21 @@ def lockstep_while(cond: Callable, body: Callable, init, masked):
     leaves are merged with `where(run, new, old)` as JAX's own rule would. Each
     system takes exactly the steps it takes alone.
 
-    Forward-mode derivatives go through the plain loop (JAX's JVP of a
-    `custom_vmap` batches tangents wrongly under `jax.vmap(jax.jvp(...))`).
+    Forward-mode derivatives go through the plain loop (`with_batching_rule`),
+    including the tangents of the arrays `cond` and `body` close over.
     """
-    plain, plain_consts = hoist(lambda c: lax.while_loop(cond, lambda c: body(c, None), c), init)
+    loop, loop_consts = hoist(lambda c: lax.while_loop(cond, lambda c: body(c, None), c), init)
     cond_pure, cond_consts = hoist(cond, init)
     body_pure, body_consts = hoist(body, init, jnp.array(True))
 
-    @custom_batching.custom_vmap
-    def loop(plain_consts, cond_consts, body_consts, carry):
-        return plain(plain_consts, carry)
+    def plain(loop_consts, cond_consts, body_consts, carry):
+        return loop(loop_consts, carry)
 
-    @loop.def_vmap
-    def _(axis_size, in_batched, plain_consts, cond_consts, body_consts, carry):
+    def rule(axis_size, in_batched, loop_consts, cond_consts, body_consts, carry):
         _, cond_b, body_b, carry_b = in_batched
         carry = _broadcast(carry, carry_b, axis_size)
-        running = jax.vmap(cond_pure, in_axes=(_batched_axes(cond_b), 0))
-        step = jax.vmap(body_pure, in_axes=(_batched_axes(body_b), 0, 0))
+        running = jax.vmap(cond_pure, in_axes=(batched_axes(cond_b), 0))
+        step = jax.vmap(body_pure, in_axes=(batched_axes(body_b), 0, 0))
 
         def merge(run, is_masked, new, old):
             if is_masked:
@@ -91,13 +117,4 @@ def lockstep_while(cond: Callable, body: Callable, init, masked):
         out = lax.while_loop(lambda c: jnp.any(running(cond_consts, c)), advance, carry)
         return out, jax.tree.map(lambda _: True, out)
 
-    @jax.custom_jvp
-    def differentiable(plain_consts, cond_consts, body_consts, carry):
-        return loop(plain_consts, cond_consts, body_consts, carry)
-
-    @differentiable.defjvp
-    def _(primals, tangents):
-        # The closed-over arrays (`plain_consts`) may carry tangents too.
-        return jax.jvp(plain, (primals[0], primals[3]), (tangents[0], tangents[3]))
-
-    return differentiable(plain_consts, cond_consts, body_consts, init)
+    return with_batching_rule(plain, rule, loop_consts, cond_consts, body_consts, init)

@@ -333,7 +333,8 @@ def deflated_cg_loop(
         if harvest:
             # The eigCG window `V` (`harvest` vectors) is in the carry: under `vmap`
             # JAX's rule would copy it at every step (DeflatedCG(recycle=20) took
-            # 8.4x the time of `lax.map` on four Darcy 64^2 systems).
+            # 5.4x the time of `lax.map` on four Darcy 64^2 systems:
+            # `benchmarks/krylov_batched.py`).
             masked = (_State(*([False] * len(_State._fields)))._replace(V=True, T=True), False)
             c, pending = lockstep_while(
                 cond, lambda cp, run: cg_step(cp[0], run), (c, pending0), masked
