@@ -16,9 +16,11 @@ def _random_weights(rng, shape):
     return jnp.asarray(rng.standard_normal((2 * len(shape) + 1, *shape)))
 
 
-@pytest.mark.parametrize("shape", [(7,), (6, 5), (4, 3, 5)])
+@pytest.mark.parametrize("shape", [(7,), (6, 5), (4, 3, 5), (1, 5), (3, 1, 4), (1, 1)])
 @pytest.mark.parametrize("periodic", [False, True])
 def test_stencil_matches_dense_and_sparse(shape, periodic):
+    # Periodic axes of length 1 couple a cell to itself: the diagonal holds those
+    # couplings too.
     rng = np.random.default_rng(0)
     op = jl.StencilOperator(_random_weights(rng, shape), periodic=periodic)
     u = jnp.asarray(rng.standard_normal(shape))

@@ -60,6 +60,15 @@ class Flattener(eqx.Module):
         return jtu.tree_unflatten(self.treedef, out)
 
 
+def constant(tree: PyTree) -> PyTree:
+    """`tree` with `lax.stop_gradient` on its floating-point arrays (other leaves,
+    such as an operator's functions and static fields, pass through). Used for a
+    preconditioner: it changes how fast a solve converges, never its answer, and
+    lineax refuses tangents in `options`."""
+    dynamic, static = eqx.partition(tree, eqx.is_inexact_array)
+    return eqx.combine(jax.lax.stop_gradient(dynamic), static)
+
+
 def check_square(operator: lx.AbstractLinearOperator, name: str) -> Flattener:
     """Trace-time checks every Krylov solver needs; returns the flattener."""
     if not isinstance(operator, lx.AbstractLinearOperator):

@@ -150,8 +150,9 @@ def _apply(weights: Array, u: Array, periodic) -> Array:
     return y
 
 
-def _gershgorin(weights: Array) -> Array:
-    """An upper bound on the spectral radius of `D^{-1} A` (rows of absolute sums).
+def _gershgorin(weights: Array, diag: Array) -> Array:
+    """An upper bound on the spectral radius of `D^{-1} A` (rows of absolute sums),
+    for the smoother's diagonal `D` (`weights[0]` with zeros replaced by ones).
 
     The couplings are added one by one: on XLA:CPU `jnp.sum(..., axis=0)` over the
     short leading axis of the stacked weights is a strided reduction, 7x slower
@@ -160,7 +161,7 @@ def _gershgorin(weights: Array) -> Array:
     off = jnp.abs(weights[1])
     for k in range(2, weights.shape[0]):
         off = off + jnp.abs(weights[k])
-    return jnp.max(1.0 + off / jnp.abs(weights[0]))
+    return jnp.max((jnp.abs(weights[0]) + off) / jnp.abs(diag))
 
 
 # ----------------------------------------------------------------------------------
@@ -314,7 +315,7 @@ def _hierarchy(finest, *, periodic, num_levels, cycle_dtype, direct, symmetric):
     for _ in range(num_levels - 1):
         weights.append(coarsen_weights(weights[-1], periodic))
     diag = tuple(jnp.where(w[0] == 0, 1.0, w[0]).astype(w.dtype) for w in weights)
-    lmax = tuple(_gershgorin(w) for w in weights)
+    lmax = tuple(_gershgorin(w, d) for w, d in zip(weights, diag, strict=True))
     coarse_inverse = None
     if direct:
         coarse = weights[-1].astype(io_dtype)
@@ -386,9 +387,11 @@ def multigrid(
     `options={"preconditioner": multigrid(A)}`, `solve_sequence(...,
     preconditioner=multigrid)`, as well as `GMRES`/`GCRODR`.
 
-    **Derivatives:** the hierarchy is built by differentiable array operations on
-    the weights, but a preconditioner does not change the solution: lineax's
-    implicit rule differentiates the solve, not the cycle.
+    **Derivatives:** the hierarchy is built from the weights under
+    `lax.stop_gradient`: a preconditioner does not change the solution (lineax's
+    implicit rule differentiates the solve, not the cycle), and lineax refuses
+    tangents in `options`, so `jax.grad` through
+    `lx.linear_solve(A, b, CG(...), options={"preconditioner": multigrid(A)})` works.
 
     Compare `pyamg.aggregation` (smoothed aggregation, general sparse matrices) and
     the aggregation AMG of Notay (2010), which use wider coarse stencils or
@@ -454,7 +457,7 @@ def multigrid(
         io_dtype = operator.weights.dtype
         cycle_dtype = jnp.dtype(dtype)
     weights, diag, lmax, coarse_inverse = _hierarchy(
-        operator.weights,
+        jax.lax.stop_gradient(operator.weights),
         periodic=periodic,
         num_levels=len(shapes),
         cycle_dtype=cycle_dtype,

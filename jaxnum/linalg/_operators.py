@@ -256,9 +256,18 @@ def _register(cls, diagonal_fn, conj_fn):
     lx.is_upper_triangular.register(cls)(_tag_query([lx.upper_triangular_tag]))
 
 
+def _stencil_diagonal(op: StencilOperator) -> Array:
+    # On a periodic axis of length 1 both neighbours are the cell itself.
+    diag = op.weights[0]
+    for a, n in enumerate(op.weights.shape[1:]):
+        if op.periodic[a] and n == 1:
+            diag = diag + op.weights[1 + 2 * a] + op.weights[2 + 2 * a]
+    return diag.ravel()
+
+
 _register(
     StencilOperator,
-    lambda op: op.weights[0].ravel(),
+    _stencil_diagonal,
     lambda op: StencilOperator(op.weights.conj(), op.periodic, op.tags),
 )
 _register(

@@ -1,5 +1,6 @@
 """Preconditioners, as lineax operators approximating the inverse."""
 
+import jax
 import jax.numpy as jnp
 import lineax as lx
 
@@ -21,10 +22,15 @@ def jacobi(operator: lx.AbstractLinearOperator, *, safe: bool = True) -> lx.Diag
     diagonal is positive, so it suits `CG`/`DeflatedCG` too (symmetric
     preconditioning) as well as the right-preconditioned `GMRES`/`GCRODR`.
 
+    **Derivatives:** the diagonal is taken under `lax.stop_gradient`: a
+    preconditioner changes how fast the solve converges, not its solution, and
+    lineax refuses tangents in `options`, so `jax.grad` through
+    `lx.linear_solve(A, b, solver, options={"preconditioner": jacobi(A)})` works.
+
     Compare `scipy.sparse.diags(1 / A.diagonal())`.
     """
     flat = check_square(operator, "jacobi")
-    diag = lx.diagonal(operator)
+    diag = jax.lax.stop_gradient(lx.diagonal(operator))
     if safe:
         diag = jnp.where(diag == 0, 1.0, diag)
     return lx.DiagonalLinearOperator(flat.unravel(1.0 / diag))
