@@ -154,6 +154,8 @@ def test_small_nonfinite_input_and_nonconvergence_are_reported(name):
     bad = b.at[3].set(jnp.nan)
     sol = _small_solve(op, bad, solver)
     assert sol.result == lx.RESULTS.nonfinite_input
+    # No residual of a system with a NaN in it (it read 0.0, a perfect solve).
+    assert np.isnan(float(sol.stats["residual"]))
     sol = _small_solve(op, b, few)
     assert sol.result == lx.RESULTS.max_steps_reached
     assert float(sol.stats["residual"]) > 1e-3

@@ -78,6 +78,47 @@ def test_given_order_shared_rhs_features_and_chunks_agree():
     carried = np.asarray(chunked.stats["carried"])
     assert not carried[0] and not carried[3]
     assert chunked.recycle.basis.shape == (2, N_GRID * N_GRID, 5)
+    # A chunked run's `.recycle` continues a chunked run: every chunk starts from
+    # its own space. With another number of chunks it is refused clearly.
+    again = jl.solve_sequence(
+        make, params, b, solver, num_chunks=2, order="given", recycle=chunked.recycle
+    )
+    assert np.all(np.asarray(again.stats["carried"]))
+    np.testing.assert_allclose(again.value, given.value, rtol=1e-8)
+    with pytest.raises(ValueError, match="spaces of 2 chunks"):
+        jl.solve_sequence(make, params, b, solver, recycle=chunked.recycle)
+    # Features are one row per system; a transposed array is not reshaped silently.
+    with pytest.raises(ValueError, match="one row per system"):
+        jl.solve_sequence(make, params, b, solver, features=jnp.zeros((2, 6)))
+
+
+@pytest.mark.parametrize("preconditioner", [jl.jacobi, jl.multigrid])
+def test_gradient_with_a_preconditioner_built_from_the_operator(preconditioner):
+    # The preconditioner is built from the operator being differentiated; it changes
+    # no solution, so the gradient equals the unpreconditioned one (lineax refused
+    # the tangents it carried in `options`).
+    n = 8
+    rng = np.random.default_rng(3)
+    params = jnp.asarray(0.3 * rng.standard_normal((2, n, n)))
+    rhs = jnp.ones((n, n))
+    solver = jl.CG(rtol=1e-12, atol=0.0)
+
+    def make(p):
+        return jl.diffusion_operator(jnp.exp(p))
+
+    def loss(p, pre):
+        seq = jl.solve_sequence(make, p, rhs, solver, order="given", preconditioner=pre)
+        return jnp.sum(seq.value**2)
+
+    g = jax.grad(loss)(params, preconditioner)
+    np.testing.assert_allclose(g, jax.grad(loss)(params, None), rtol=1e-8, atol=1e-14)
+
+    def direct(p):
+        A = make(p)
+        opts = {"preconditioner": preconditioner(A)}
+        return jnp.sum(lx.linear_solve(A, rhs, solver, options=opts).value ** 2)
+
+    np.testing.assert_allclose(jax.grad(direct)(params[0]), g[0], rtol=1e-8, atol=1e-14)
 
 
 @pytest.mark.slow

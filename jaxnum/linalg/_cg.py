@@ -393,6 +393,7 @@ def deflated_cg_loop(
         c.checked, lambda x, m: (r, m), lambda x, m: (b - matvec(x), m + 1), x, mv
     )
     rel = jnp.linalg.norm(rt) / jnp.where(bnorm > 0, bnorm, 1.0)
+    rel = jnp.where(ok_input, rel, jnp.nan)  # no residual of a non-finite system
     conv = conv | (jnp.linalg.norm(rt) <= tol)
     broke = broke & ok_input & ~conv
     if harvest:

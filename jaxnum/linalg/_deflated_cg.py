@@ -386,6 +386,10 @@ class DeflatedCG(lx.AbstractLinearSolver):
         branch = jnp.where(harvest_on, jnp.where(carried, 0, 1), 2)
         W_new, AW_new, ok = lax.switch(branch, [refine, fresh, keep], W, AW, Y)
         ok = ok & ((loop.ritz_count >= k) | ~harvest_on)
+        # A failed solve harvests nothing: a diverged or stagnated iteration's Ritz
+        # vectors can be nearly dependent, and handed on they broke the next,
+        # healthy solve of a sequence. The incoming space is carried on instead.
+        ok = ok & (result == lx.RESULTS.successful)
         stats["num_matvecs"] = stats["num_matvecs"] + jnp.where(carried & harvest_on, k, 0)
         new_space = RecycleSpace(
             basis=jnp.where(ok, W_new, space.basis),

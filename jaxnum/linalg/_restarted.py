@@ -286,5 +286,6 @@ def restarted_krylov(
     rnorm = jnp.minimum(rnorm, best)
     conv = conv | (rnorm <= tol)
     rel = rnorm / jnp.where(bnorm > 0, bnorm, 1.0)
+    rel = jnp.where(ok_input, rel, jnp.nan)  # no residual of a non-finite system
     broke = broke & ok_input
     return LoopOut(x, rel, mv, cyc, conv, stag, broke, ok_input, U, C, have)

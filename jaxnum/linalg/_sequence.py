@@ -14,6 +14,7 @@ import lineax as lx
 import numpy as np
 from jaxtyping import Array, Float, Int, PyTree
 
+from ._misc import constant
 from ._recycle import RecycleSpace
 
 
@@ -180,7 +181,9 @@ def solve_sequence(
     - `features`: `p -> vector` or an array `(N, d)`; default: the flattened `params`.
     - `preconditioner`: `operator -> preconditioner` (e.g. `jaxnum.linalg.jacobi`),
         built per system.
-    - `recycle`: a space to start from (e.g. a previous sequence's `.recycle`).
+    - `recycle`: a space to start from (e.g. a previous sequence's `.recycle`): one
+        space, shared by every chunk, or a chunked run's `.recycle` (one space per
+        chunk, with the same `num_chunks`).
     - `num_chunks`: split the ordered sequence into this many contiguous chunks,
         solved in parallel with `vmap` (each chunk carries its own space): for
         accelerators. Chunk boundaries start fresh.
@@ -202,8 +205,8 @@ def solve_sequence(
     **Returns:** a `SequenceSolution`, everything in the caller's order.
 
     **Derivatives:** each solve is a `lineax.linear_solve`, differentiated implicitly;
-    the carried space and the warm start are treated as constants (`stop_gradient`;
-    the solution does not depend on either).
+    the carried space, the warm start and the preconditioner are treated as
+    constants (`stop_gradient`; the solution depends on none of them).
     """
     N = _leading(params, "params")
     if N == 0:
@@ -240,7 +243,14 @@ def solve_sequence(
             elif callable(features):
                 feats = jax.vmap(features)(params).reshape(N, -1)
             else:
-                feats = jnp.asarray(features).reshape(N, -1)
+                feats = jnp.asarray(features)
+                if feats.ndim not in (1, 2) or feats.shape[0] != N:
+                    raise ValueError(
+                        f"`features` must be an array (N, d) (or (N,)) with N={N}, one "
+                        f"row per system; got shape {feats.shape}. Pass `p -> vector` "
+                        "to compute them from `params`."
+                    )
+                feats = feats.reshape(N, -1)
             perm = similarity_order(feats)
         elif order == "given":
             perm = jnp.arange(N, dtype=jnp.int32)
@@ -282,7 +292,8 @@ def solve_sequence(
         operator = make_operator(p)
         options = {}
         if preconditioner is not None:
-            options["preconditioner"] = preconditioner(operator)
+            # Constant: it changes no solution, and lineax refuses tangents in options.
+            options["preconditioner"] = constant(preconditioner(constant(operator)))
         if recycles:
             options["recycle"] = space
         if p_warm:
@@ -301,9 +312,31 @@ def solve_sequence(
         new_space = sol.stats["recycle"] if recycles else space
         return (new_space, previous), (sol.value, sol.result, stats)
 
-    def run_chunk(indices):
+    chunked_recycle = False
+    if recycles and recycle is not None:
+        # A chunked run's `.recycle` holds one space per chunk (a leading axis).
+        empty = jax.eval_shape(lambda: solver.empty_recycle(make_operator(first)))
+        given = [jnp.shape(x) for x in jtu.tree_leaves(recycle)]
+        single = [x.shape for x in jtu.tree_leaves(empty)]
+        per_chunk = (
+            jtu.tree_structure(recycle) == jtu.tree_structure(empty)
+            and all(len(g) == len(s) + 1 and g[1:] == s for g, s in zip(given, single))
+            and len({g[0] for g in given}) == 1
+        )
+        if per_chunk:
+            chunks_given = given[0][0]
+            if chunks_given != num_chunks:
+                raise ValueError(
+                    f"`recycle` holds the spaces of {chunks_given} chunks (a chunked "
+                    f"run's `.recycle`), but `num_chunks={num_chunks}`: pass "
+                    f"`num_chunks={chunks_given}`, or one chunk's space, "
+                    "`jax.tree.map(lambda x: x[i], recycle)`."
+                )
+            chunked_recycle = True
+
+    def run_chunk(indices, start):
         if recycles:
-            space0 = recycle if recycle is not None else solver.empty_recycle(
+            space0 = start if start is not None else solver.empty_recycle(
                 make_operator(jtu.tree_map(lambda x: x[indices[0]], params))
             )
         else:
@@ -312,11 +345,15 @@ def solve_sequence(
         (space, _), out = lax.scan(one_system, (space0, previous0), indices)
         return space, out
 
+    start = recycle if recycles else None
     if num_chunks == 1:
-        final, (values, results, stats) = run_chunk(idx[0])
+        if chunked_recycle:
+            start = jtu.tree_map(lambda x: x[0], start)
+        final, (values, results, stats) = run_chunk(idx[0], start)
         flat = lambda t: t  # noqa: E731
     else:
-        final, (values, results, stats) = jax.vmap(run_chunk)(idx)
+        in_axes = (0, 0 if chunked_recycle else None)
+        final, (values, results, stats) = jax.vmap(run_chunk, in_axes=in_axes)(idx, start)
         flat = lambda t: jtu.tree_map(lambda x: x.reshape(-1, *x.shape[2:]), t)  # noqa: E731
     values, results, stats = flat(values), flat(results), flat(stats)
     # Back to the caller's order (padding entries repeat the last system: drop them).
