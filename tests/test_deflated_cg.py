@@ -304,3 +304,40 @@ def test_float32_below_attainable_accuracy_stops_instead_of_diverging(seed):
     # A reachable tolerance still converges.
     easy = jl.DeflatedCG(rtol=1e-3, atol=0.0, recycle=0, coarse_blocks=4)
     assert lx.linear_solve(op, b, easy, throw=False).result == lx.RESULTS.successful
+
+
+def test_failed_solve_hands_on_the_incoming_space():
+    # A singular, inconsistent system (one cell cut off) cannot converge; the space
+    # its diverging iteration would harvest is nearly dependent and broke the next,
+    # healthy solve (breakdown, NaN). A failed solve now hands on the space it got.
+    grid = (8, 16)
+    rng = np.random.default_rng(12)
+    loga = jnp.asarray(0.3 * rng.standard_normal((2, *grid)))
+
+    def make(p):
+        op = jl.diffusion_operator(jnp.exp(p["loga"]))
+        s = jnp.ones(grid).at[3, 5].set(1.0 - p["kill"])
+        w = [op.weights[0] * s * s]
+        for a in range(2):
+            w.append(op.weights[1 + 2 * a] * s * jnp.roll(s, 1, a))
+            w.append(op.weights[2 + 2 * a] * s * jnp.roll(s, -1, a))
+        return jl.StencilOperator(jnp.stack(w), False, lx.positive_semidefinite_tag)
+
+    params = {"loga": loga, "kill": jnp.array([1.0, 0.0])}
+    rhs = jnp.asarray(rng.standard_normal((2, *grid)))
+    solver = jl.DeflatedCG(rtol=1e-10, atol=0.0, recycle=6, max_steps=400)
+    seq = jl.solve_sequence(make, params, rhs, solver, order="given", throw=False)
+    ok = np.asarray(seq.result == lx.RESULTS.successful)
+    np.testing.assert_array_equal(ok, [False, True])
+    A1 = np.asarray(make({"loga": loga[1], "kill": 0.0}).as_matrix())
+    ref = np.linalg.solve(A1, np.asarray(rhs[1]).ravel())
+    np.testing.assert_allclose(
+        np.asarray(seq.value[1]).ravel(), ref, rtol=0, atol=1e-8 * np.max(np.abs(ref))
+    )
+    # Directly: the failed solve returns the (empty) space it was given.
+    op0 = make({"loga": loga[0], "kill": 1.0})
+    empty = solver.empty_recycle(op0)
+    sol = lx.linear_solve(op0, rhs[0], solver, options={"recycle": empty}, throw=False)
+    assert sol.result != lx.RESULTS.successful
+    assert not bool(sol.stats["recycle"].active)
+    np.testing.assert_array_equal(sol.stats["recycle"].basis, empty.basis)
