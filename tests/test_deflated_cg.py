@@ -341,3 +341,37 @@ def test_failed_solve_hands_on_the_incoming_space():
     assert sol.result != lx.RESULTS.successful
     assert not bool(sol.stats["recycle"].active)
     np.testing.assert_array_equal(sol.stats["recycle"].basis, empty.basis)
+
+
+def test_unusable_carried_space_is_dropped():
+    # A carried space with dependent or non-finite columns has a singular `W^T A W`
+    # (its Cholesky factor was NaN: breakdown and a NaN answer). It is not used: the
+    # solve runs as a fresh one, reports `carried = False` and hands on a new space.
+    rng = np.random.default_rng(0)
+    n, k = 30, 4
+    Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    S = (Q * np.logspace(0, 2, n)) @ Q.T
+    op = lx.MatrixLinearOperator(jnp.asarray(0.5 * (S + S.T)), lx.positive_semidefinite_tag)
+    b = jnp.asarray(rng.standard_normal(n))
+    solver = jl.DeflatedCG(rtol=1e-8, atol=0.0, recycle=k)
+    v = rng.standard_normal((n, 1)) / math.sqrt(n)
+    dup = np.tile(v, (1, k))
+    bases = {
+        "duplicate": dup,
+        "nearly dependent": dup + 1e-9 * rng.standard_normal((n, k)),
+        "nan": Q[:, :k].copy(),
+    }
+    bases["nan"][3, 1] = np.nan
+    ref = np.linalg.solve(np.asarray(op.as_matrix()), np.asarray(b))
+    good = eqx.tree_at(lambda s: (s.basis, s.active), solver.empty_recycle(op),
+                       (jnp.asarray(Q[:, :k]), jnp.array(True)))
+    sol = lx.linear_solve(op, b, solver, options={"recycle": good})
+    assert bool(sol.stats["carried"])
+    for name, basis in bases.items():
+        space = eqx.tree_at(lambda s: s.basis, good, jnp.asarray(basis))
+        sol = lx.linear_solve(op, b, solver, options={"recycle": space}, throw=False)
+        assert sol.result == lx.RESULTS.successful, name
+        assert not bool(sol.stats["carried"]), name
+        np.testing.assert_allclose(np.asarray(sol.value), ref, rtol=1e-6, err_msg=name)
+        new = sol.stats["recycle"]
+        assert bool(new.active) and bool(jnp.all(jnp.isfinite(new.basis))), name

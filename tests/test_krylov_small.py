@@ -168,6 +168,22 @@ def test_small_nonfinite_input_and_nonconvergence_are_reported(name):
         _small_solve(op, b, few, throw=True)
 
 
+@pytest.mark.parametrize("name", ["gmres", "cg"])
+def test_nan_tolerance_is_refused_or_never_met(name):
+    # A NaN `rtol` is refused at construction; a traced one (computed at run time)
+    # is never met, and the solve ends non-successful. GMRES's restart loop used to
+    # spin forever: no cycle took a step, and no exit test fired.
+    cls = {"gmres": jl.GMRES, "cg": jl.CG}[name]
+    with pytest.raises(ValueError, match="rtol"):
+        cls(rtol=float("nan"), atol=0.0)
+    A = np.diag(np.linspace(1.0, 6.0, SMALL))
+    op = lx.MatrixLinearOperator(jnp.asarray(A), _small_tags(name))
+    solver = cls(rtol=jnp.asarray(jnp.nan), atol=0.0, max_steps=jnp.asarray(40))
+    sol = _small_solve(op, jnp.ones(SMALL), solver)
+    assert sol.result != lx.RESULTS.successful
+    assert int(sol.stats["num_matvecs"]) <= 41
+
+
 @pytest.mark.parametrize("name", ["gmres", "gcrodr", "cg", "dcg"])
 def test_small_matvec_count_is_honest(name):
     # Two related systems; the recycling solvers carry the first one's space into

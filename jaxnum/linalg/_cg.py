@@ -40,6 +40,7 @@ class CGOut(NamedTuple):
     ritz: Float[Array, "n k"]  # approximate eigenvectors harvested by eigCG
     ritz_count: Int[Array, ""]  # how many Lanczos vectors they were drawn from
     stagnated: Bool[Array, ""]  # stopped at the attainable accuracy (floor_update)
+    deflated: Bool[Array, ""]  # whether the iteration used the carried space `W`
 
 
 class _State(NamedTuple):
@@ -109,6 +110,9 @@ def deflated_cg_loop(
     n = b.size
     bnorm = jnp.linalg.norm(b)
     tol = rtol * bnorm + atol
+    # A traced NaN tolerance can never be met (GMRES's cycles took no step and
+    # the restart loop never ended): run as with 0, to max_steps or stagnation.
+    tol = jnp.where(jnp.isnan(tol), 0.0, tol)
     ok_input = all_finite(b, x0)
     b = jnp.where(ok_input, b, 0.0)
     x0 = jnp.where(ok_input, x0, 0.0)
@@ -408,7 +412,10 @@ def deflated_cg_loop(
         ritz_vectors = jnp.zeros((n, ritz), dtype)
         count = zero
     stag = at_floor(c.strikes) & ~conv & ~broke
-    return CGOut(x, rel, mv, c.restarts, conv, broke, ok_input, c.it, ritz_vectors, count, stag)
+    return CGOut(
+        x, rel, mv, c.restarts, conv, broke, ok_input, c.it, ritz_vectors, count, stag,
+        jnp.array(k > 0),
+    )
 
 
 def check_spd_operator(operator, name: str):
@@ -430,8 +437,9 @@ class CG(lx.AbstractLinearSolver):
     matrix-vector product confirms it. A non-positive curvature `p^T A p <= 0` ends
     the solve with `RESULTS.breakdown` (the operator is not SPD).
 
-    **Arguments:** `rtol`, `atol`, `max_steps` (matrix-vector products; default
-    `10 n`).
+    **Arguments:** `rtol`, `atol`, `max_steps` (the iteration's budget of
+    matrix-vector products; default `10 n`; a solve that exhausts it spends one
+    more, for its true residual, counted).
 
     **Options:** `preconditioner`, `y0`.
 
@@ -530,6 +538,14 @@ def run_cg(
         )
 
     AW = None if AW is None else sign * AW
+    if W is not None and W.shape[-1]:
+        # A space whose `W^T A W` is not safely positive definite (dependent or
+        # non-finite columns, or an operator it does not suit) would make the
+        # Cholesky factor of the deflation matrix NaN: such a space is not used.
+        Eww = W.T @ AW
+        lam = jnp.linalg.eigvalsh(0.5 * (Eww + Eww.T))
+        usable = jnp.all(jnp.isfinite(lam)) & (lam[0] > 100 * jnp.finfo(lam.dtype).eps * lam[-1])
+        deflate_on = usable if deflate_on is None else deflate_on & usable
     mv0 = jnp.asarray(mv0, jnp.int32) + probes
     operands = (b, x0, W, AW, mv0)
     if W is None or (deflate_on is None and (not harvest or harvest_on is None)):

@@ -221,7 +221,11 @@ class DeflatedCG(lx.AbstractLinearSolver):
     - `deflation`: `"every_step"` or `"init"`, see above.
     - `restart_factor`: for `deflation="init"`, the residual reduction between two
         Galerkin restarts (default `1e-4`: with `rtol = 1e-8`, one restart).
-    - `max_steps`: most matrix-vector products (default `10 n`).
+    - `max_steps`: the iteration's budget of matrix-vector products, the products
+        `A W` of a carried space included (default `10 n`). A solve that exhausts it
+        spends one more for its true residual; a successful carried solve that
+        harvests spends `k` more (`A Y` of the Rayleigh-Ritz step). `num_matvecs`
+        counts them all.
     - `adaptive`, `drop_ratio`, `max_backoff`: detect a useless carried space, as in
         `GCRODR`.
     - `coarse_blocks`: `None` (default: no subdomain deflation), or the block edge,
@@ -365,6 +369,10 @@ class DeflatedCG(lx.AbstractLinearSolver):
             coarse_fn=coarse_fn,
         )
         Y = loop.ritz
+        # `run_cg` does not use a carried space whose `W^T A W` is not safely SPD
+        # (dependent or non-finite columns): then this solve started fresh.
+        dropped = carried & ~loop.deflated
+        carried = carried & loop.deflated
 
         def refine(W, AW, Y):
             # Rayleigh-Ritz on [W, Y]: `A Y` costs k products (one batched product).
@@ -383,18 +391,20 @@ class DeflatedCG(lx.AbstractLinearSolver):
         def keep(W, AW, Y):  # not harvesting: carry the space as it is
             return W, AW, jnp.array(True)
 
-        branch = jnp.where(harvest_on, jnp.where(carried, 0, 1), 2)
-        W_new, AW_new, ok = lax.switch(branch, [refine, fresh, keep], W, AW, Y)
-        ok = ok & ((loop.ritz_count >= k) | ~harvest_on)
         # A failed solve harvests nothing: a diverged or stagnated iteration's Ritz
         # vectors can be nearly dependent, and handed on they broke the next,
-        # healthy solve of a sequence. The incoming space is carried on instead.
-        ok = ok & (result == lx.RESULTS.successful)
-        stats["num_matvecs"] = stats["num_matvecs"] + jnp.where(carried & harvest_on, k, 0)
+        # healthy solve of a sequence. The incoming space is carried on instead (a
+        # dropped one is not: `keep` would hand it on).
+        success = result == lx.RESULTS.successful
+        branch = jnp.where(harvest_on & success, jnp.where(carried, 0, 1), 2)
+        W_new, AW_new, ok = lax.switch(branch, [refine, fresh, keep], W, AW, Y)
+        ok = ok & ((loop.ritz_count >= k) | (branch == 2))
+        ok = ok & success & ~(dropped & (branch == 2))
+        stats["num_matvecs"] = stats["num_matvecs"] + jnp.where(branch == 0, k, 0)
         new_space = RecycleSpace(
             basis=jnp.where(ok, W_new, space.basis),
             image=jnp.where(ok, AW_new, space.image),  # for this operator (if known)
-            active=ok | space.active,
+            active=ok | (space.active & ~dropped),
             skip=space.skip,
             backoff=space.backoff,
             reference=space.reference,

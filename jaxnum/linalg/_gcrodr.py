@@ -200,7 +200,9 @@ class GCRODR(lx.AbstractLinearSolver):
     - `rtol`, `atol`: tolerances on the true residual `||b - A x||_2`.
     - `restart`: `m`, the dimension of the search space per cycle.
     - `recycle`: `k < m`, the dimension of the recycle space.
-    - `max_steps`: the most matrix-vector products; default `10 n`.
+    - `max_steps`: the iteration's budget of matrix-vector products (the
+        re-projection of a carried space included); default `10 n`. A solve that
+        exhausts it spends one more, for its true residual (counted).
     - `adaptive`: detect a carried space that does not pay (its solve needs more
         than `drop_ratio` times the matrix-vector products of recent fresh solves),
         and then start the next solves fresh, with exponential back-off, instead of

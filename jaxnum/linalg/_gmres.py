@@ -62,8 +62,9 @@ class GMRES(lx.AbstractLinearSolver):
 
     - `rtol`, `atol`: relative and absolute tolerance on the true residual.
     - `restart`: the Krylov dimension `m` of each cycle.
-    - `max_steps`: the most operator applications (matrix-vector products) allowed;
-        default `10 n`.
+    - `max_steps`: the iteration's budget of operator applications (matrix-vector
+        products); default `10 n`. A solve that exhausts it spends one more, the
+        product that reports its true residual (`num_matvecs` counts it).
     - `reorthogonalize`: classical Gram-Schmidt twice (CGS2) instead of once; for
         very ill-conditioned Krylov bases, at twice the orthogonalisation cost. The
         default is one pass, as in `lineax.GMRES` and PETSc's default: the exit test

@@ -246,7 +246,7 @@ def all_finite(*arrays) -> Array:
 
 def check_tolerances(name: str, rtol, atol):
     for label, value in (("rtol", rtol), ("atol", atol)):
-        if isinstance(value, (int, float)) and value < 0:
+        if isinstance(value, (int, float)) and not value >= 0:  # NaN too
             raise ValueError(f"{name}: `{label}` must be non-negative, got {value}.")
 
 

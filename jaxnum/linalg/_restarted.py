@@ -77,6 +77,9 @@ def restarted_krylov(
     k = 0 if U is None else U.shape[0]
     bnorm = jnp.linalg.norm(b)
     tol = rtol * bnorm + atol
+    # A traced NaN tolerance can never be met (GMRES's cycles took no step and
+    # the restart loop never ended): run as with 0, to max_steps or stagnation.
+    tol = jnp.where(jnp.isnan(tol), 0.0, tol)
     ok_input = all_finite(b, x0)
     b_safe = jnp.where(ok_input, b, 0.0)
     x0 = jnp.where(ok_input, x0, 0.0)
