@@ -83,7 +83,8 @@ def test_given_order_shared_rhs_features_and_chunks_agree():
     again = jl.solve_sequence(
         make, params, b, solver, num_chunks=2, order="given", recycle=chunked.recycle
     )
-    assert np.all(np.asarray(again.stats["carried"]))
+    again_carried = np.asarray(again.stats["carried"])  # (later: the adaptive policy)
+    assert again_carried[0] and again_carried[3]
     np.testing.assert_allclose(again.value, given.value, rtol=1e-8)
     with pytest.raises(ValueError, match="spaces of 2 chunks"):
         jl.solve_sequence(make, params, b, solver, recycle=chunked.recycle)
