@@ -229,6 +229,16 @@ def test_bad_inputs():
         jl.solve_sequence(lambda p: sq, jnp.zeros((0, 3)), jnp.ones(4), jl.GMRES(1e-6, 0.0))
     with pytest.raises(ValueError, match="rhs"):
         jl.solve_sequence(lambda p: sq, jnp.zeros((3, 2)), jnp.ones((2, 4)), jl.GMRES(1e-6, 0.0))
+    # Features are one row per system; a chunked run's spaces need its num_chunks.
+    with pytest.raises(ValueError, match="one row per system"):
+        jl.solve_sequence(
+            lambda p: sq, jnp.zeros((3, 2)), jnp.ones(4), jl.GMRES(1e-6, 0.0),
+            features=jnp.zeros((2, 3)),
+        )
+    gcro = jl.GCRODR(1e-6, 0.0, restart=3, recycle=1)
+    two = jax.tree.map(lambda x: jnp.stack([x, x]), gcro.empty_recycle(sq))
+    with pytest.raises(ValueError, match="spaces of 2 chunks"):
+        jl.solve_sequence(lambda p: sq, jnp.zeros((3, 2)), jnp.ones(4), gcro, recycle=two)
     with pytest.raises(ValueError, match="recycle space has shape"):
         s = jl.GCRODR(1e-6, 0.0, restart=3, recycle=2)
         bad = jl.GCRODR(1e-6, 0.0, restart=3, recycle=1).empty_recycle(sq)
