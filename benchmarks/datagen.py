@@ -58,8 +58,14 @@ from jaxnum.pde import Darcy
 CASES = {"2d64": (64, 2), "2d128": (128, 2), "3d32": (32, 3)}
 
 
-def two_norm(x):
-    return jnp.sqrt(sum(jnp.sum(jnp.abs(leaf) ** 2) for leaf in jax.tree_util.tree_leaves(x)))
+def rms_norm(x):
+    """lineax's test is `norm(r / (atol + rtol |b|)) <= 1` per component; with the
+    Darcy right-hand side of ones the root-mean-square norm makes it
+    `||r||_2 <= rtol ||b||_2`, jaxnum's and scipy's test. The 2-norm used until
+    session 18 asked lineax for `sqrt(n)` times more (1.15-1.20x its time)."""
+    leaves = jax.tree_util.tree_leaves(x)
+    size = sum(leaf.size for leaf in leaves)
+    return jnp.sqrt(sum(jnp.sum(jnp.abs(leaf) ** 2) for leaf in leaves) / size)
 
 
 class Clock:
@@ -156,7 +162,7 @@ def run_case(name, args, workdir):
                      "converged": int(sum(np.linalg.norm(b - mats[i] @ sols[i]) / bnorm <= 1.01 * rtol for i in range(count))),
                      "note": note})
 
-    solver = lx.CG(rtol=rtol, atol=0.0, norm=two_norm, max_steps=20 * b.size)
+    solver = lx.CG(rtol=rtol, atol=0.0, norm=rms_norm, max_steps=20 * b.size)
     solve = jax.jit(lambda p: lx.linear_solve(problem.operator(p), problem.rhs(p), solver, throw=False).value)
     jax.block_until_ready(solve(params[0]))
     with Clock() as c:

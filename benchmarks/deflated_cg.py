@@ -76,7 +76,7 @@ def extra_rows(name, args, rows):
         pre = lx.TaggedLinearOperator(jl.jacobi(op), lx.positive_semidefinite_tag)  # lineax asks for the tag
         if counter is not None:
             op = kr_counted(op, counter)
-        return lx.linear_solve(op, rhs, lx.CG(rtol=RTOL, atol=0.0, max_steps=20 * rhs.size),
+        return lx.linear_solve(op, rhs, lx.CG(rtol=RTOL, atol=0.0, norm=kr.rms_norm, max_steps=20 * rhs.size),
                                options={"preconditioner": pre}, throw=False).value
 
     f = jax.jit(lineax_pcg)

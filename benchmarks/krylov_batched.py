@@ -70,14 +70,14 @@ def _solvers(symmetric, max_steps):
     if symmetric:
         return {
             "jaxnum CG": jl.CG(rtol=1e-8, atol=0.0, max_steps=max_steps),
-            "lineax CG": lx.CG(rtol=1e-8, atol=0.0, max_steps=max_steps),
+            "lineax CG": lx.CG(rtol=1e-8, atol=0.0, norm=kr.rms_norm, max_steps=max_steps),
             "jaxnum DeflatedCG(20)": jl.DeflatedCG(
                 rtol=1e-8, atol=0.0, recycle=20, max_steps=max_steps
             ),
         }
     return {
         "jaxnum GMRES(40)": jl.GMRES(rtol=1e-8, atol=0.0, restart=40, max_steps=max_steps),
-        "lineax GMRES(40)": lx.GMRES(rtol=1e-8, atol=0.0, restart=40, max_steps=max_steps),
+        "lineax GMRES(40)": lx.GMRES(rtol=1e-8, atol=0.0, restart=40, norm=kr.rms_norm, max_steps=max_steps),
         "jaxnum GCRODR(40, 20)": jl.GCRODR(
             rtol=1e-8, atol=0.0, restart=40, recycle=20, max_steps=max_steps
         ),
@@ -109,7 +109,7 @@ def batched_rows(case, n, systems, repeats, agree):
         scale = float(jnp.max(jnp.abs(reference)))
         diff = max(float(jnp.max(jnp.abs(x - reference))) / scale for x in (xv, xm))
         flag = "" if diff <= agree and bool(okv.all() & okm.all()) else "  ** DISAGREE or FAILED **"
-        if label.startswith("lineax GMRES"):
+        if label.startswith("lineax"):
             label += " *"
         print(f"{label:24s} {1e3 * tv:9.1f} {1e3 * tm:9.1f} {tv / tm:9.2f} "
               f"{f'{int(np.sum(mv))} / {int(np.sum(mm))}':>18s} "
@@ -117,7 +117,9 @@ def batched_rows(case, n, systems, repeats, agree):
               flush=True)
     print("lockstep: systems x the most products of one system / all products (under vmap "
           "every system waits for the slowest)")
-    if not symmetric:
+    if symmetric:
+        print("* lineax CG reports `num_steps`, its iterations (about its products).")
+    else:
         print("* lineax GMRES reports `num_steps`, its restart cycles, not its products.")
 
 

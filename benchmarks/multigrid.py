@@ -47,8 +47,14 @@ CASES = {"2d64": (64, 2), "2d128": (128, 2), "3d32": (32, 3)}
 RTOL = 1e-8
 
 
-def two_norm(x):
-    return jnp.sqrt(jnp.sum(jnp.abs(x) ** 2))
+def rms_norm(x):
+    """lineax's test is `norm(r / (atol + rtol |b|)) <= 1` per component; with the
+    Darcy right-hand side of ones the root-mean-square norm makes it
+    `||r||_2 <= rtol ||b||_2`, jaxnum's and scipy's test. The 2-norm used until
+    session 18 asked lineax for `sqrt(n)` times more (1.15-1.20x its time)."""
+    leaves = jax.tree_util.tree_leaves(x)
+    size = sum(leaf.size for leaf in leaves)
+    return jnp.sqrt(sum(jnp.sum(jnp.abs(leaf) ** 2) for leaf in leaves) / size)
 
 
 def to_csr(op) -> sp.csr_matrix:
@@ -90,7 +96,7 @@ def run_case(name, samples, check, spsolve_samples):
         cpu = (time.process_time() - t) / samples
         record(label, [o[0] for o in outs], cpu, [int(o[1]) for o in outs], samples)
 
-    lx_cg = lx.CG(rtol=RTOL, atol=0.0, norm=two_norm, max_steps=20 * b.size)
+    lx_cg = lx.CG(rtol=RTOL, atol=0.0, norm=rms_norm, max_steps=20 * b.size)
 
     @jax.jit
     def lineax_cg(p):
