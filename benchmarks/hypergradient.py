@@ -241,7 +241,21 @@ def hypergradient_table(n, d, unrolled, jaxopt_unrolled, repeats, unrolled_repea
     return rows
 
 
-def hpo_table(n, d, steps, repeats):
+HPO_PAIRS = (  # (jaxnum loop, peer loop) compared call by call with --hpo-interleave
+    ("jaxnum: warm starts + default adjoint (plain CG at d=100) + inexact schedule",
+     "JAXopt LBFGS (warm), CG + inexact schedule (jaxnum's InexactSchedule())"),
+    ("jaxnum: warm starts + DeflatedCG recycling (no preconditioner at d=100) + inexact schedule",
+     "JAXopt LBFGS (warm), CG + inexact schedule (jaxnum's InexactSchedule())"),
+    ("jaxnum: warm starts + default adjoint (plain CG at d=100), fixed tolerances",
+     "JAXopt LBFGS (warm), CG 1e-10"),
+    ("jaxnum: warm starts + default adjoint (plain CG at d=100), fixed tolerances",
+     "optimistix LBFGS (warm), ImplicitAdjoint(CG)"),
+    ("jaxnum: LBFGS(diagonal=True), warm starts + default adjoint, fixed tolerances",
+     "JAXopt LBFGS (warm), CG 1e-10"),
+)
+
+
+def hpo_table(n, d, steps, repeats, interleave=0):
     X, y, Xv, yv, _ = make_problem(n, d, seed=1)
     inner, outer = losses(X, y, Xv, yv)
     theta0 = jnp.full(d, float(np.log(1e-2)))
@@ -346,9 +360,9 @@ def hpo_table(n, d, steps, repeats):
         "optimistix LBFGS (warm), ImplicitAdjoint(CG) + inexact schedule (jaxnum's InexactSchedule())": peer_loop(
             optx_scheduled, ji.InexactSchedule()),
     }
-    rows, params = [], {}
+    rows, params, compiled = [], {}, {}
     for name, run in loops.items():
-        run = jax.jit(run)
+        run = compiled[name] = jax.jit(run)
         theta, vals = run(theta0)
         params[name] = np.asarray(theta)
         t = cpu_time(run, theta0, repeats=repeats)
@@ -379,6 +393,23 @@ def hpo_table(n, d, steps, repeats):
         print(f"#   {r['final_outer_loss']:.9f} ({r['loss_minus_consensus']:+.2e} vs consensus, "
               f"{r['loss_minus_best']:+.2e} vs best; hyperparameters rel. diff {r['params_rel_diff_vs_consensus']:.1e}) "
               f"{'same answer' if r['same_answer'] else 'DIFFERENT ANSWER'}: {r['loop']}", flush=True)
+    if interleave:
+        # The loops' sequential timings above swing by up to 40% on the shared box;
+        # the pairs are timed alternately, call by call, for the ratios.
+        names = list(dict.fromkeys(x for pair in HPO_PAIRS for x in pair))
+        times = {k: [] for k in names}
+        for _ in range(interleave):
+            for k in names:
+                t0 = time.process_time()
+                jax.block_until_ready(compiled[k](theta0))
+                times[k].append(time.process_time() - t0)
+        med = {k: float(np.median(v)) for k, v in times.items()}
+        for mine, peer in HPO_PAIRS:
+            ratio = med[peer] / med[mine]
+            rows.append({"size": f"{n}x{d}", "interleaved": interleave, "jaxnum": mine, "peer": peer,
+                         "jaxnum_s": med[mine], "peer_s": med[peer], "peer_over_jaxnum": ratio})
+            print(f"HPO interleaved ({interleave} rounds, CPU s medians): {peer} {med[peer]:.3f} / {mine} "
+                  f"{med[mine]:.3f} = {ratio:.2f}x", flush=True)
     return rows
 
 
@@ -442,6 +473,7 @@ def _flags(named_errors):
 
 
 def markdown(hg_rows, hpo_rows):
+    hpo_rows = [r for r in hpo_rows if "interleaved" not in r]
     out = [(f"| size | configuration | rel. error | check (<= {ERR_TOL:.0e}) | forward ms | backward ms | total ms "
             "| peak MiB |"), "|---|---|---|---|---|---|---|---|"]
     for r in hg_rows:
@@ -496,6 +528,7 @@ def ratios(hg_rows, hpo_rows):
                 out.append(f"{size}: {k} / jaxnum = {v['total_s'] / me['total_s']:.1f}x (backward only: "
                            f"{v['backward_s'] / max(me['backward_s'], 1e-12):.1f}x)"
                            + _flags([("jaxnum default", me["rel_error"]), (k, v["rel_error"])]))
+    hpo_rows = [r for r in hpo_rows if "interleaved" not in r]
     if hpo_rows:
         consensus = next(r["final_outer_loss"] - r["loss_minus_consensus"] for r in hpo_rows)
         mine = [r for r in hpo_rows if r["loop"].startswith("jaxnum")]
@@ -539,6 +572,9 @@ def main():
     parser.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
                         help="control measurement at 1000x100: jaxnum default vs the fastest peer, alternated")
     parser.add_argument("--interleave-only", action="store_true", help="run only the interleaved measurement")
+    parser.add_argument("--hpo-interleave", type=int, default=0, metavar="ROUNDS",
+                        help="also time the HPO_PAIRS loops alternately, call by call, for ROUNDS rounds")
+    parser.add_argument("--hpo-only", action="store_true", help="run only the HPO loops (and --hpo-interleave)")
     parser.add_argument("--cpu", type=int, default=None,
                         help="the one core to pin the process to (default: the first of the current affinity set); "
                              "applied at import, before jax starts")
@@ -562,9 +598,11 @@ def main():
         sizes = [(1000, 100, True, True, 15, 3)] + ([] if args.skip_large else [(5000, 1000, True, False, 7, 3)])
         hpo, steps = (1000, 100), 100
     hg = []
+    if args.hpo_only:
+        sizes = []
     for n, d, unrolled, jaxopt_unrolled, reps, unrolled_reps in sizes:
         hg += hypergradient_table(n, d, unrolled, jaxopt_unrolled, reps, unrolled_reps)
-    hp = hpo_table(*hpo, steps, 1 if args.quick else 5)
+    hp = hpo_table(*hpo, steps, 1 if args.quick else 5, args.hpo_interleave)
     inter = interleaved(1000, 100, args.interleave) if args.interleave else None
     print(markdown(hg, hp))
     print(ratios(hg, hp))
