@@ -31,12 +31,14 @@ import json
 import time
 
 import jax
-import jax.numpy as jnp
 import jax.random as jr
 import lineax as lx
 import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
+from krylov_recycling import (
+    rms_norm,  # lineax's test made the 2-norm test of the others
+)
 
 import jaxnum.linalg as jl
 from jaxnum.pde import Darcy
@@ -45,16 +47,6 @@ jax.config.update("jax_enable_x64", True)
 
 CASES = {"2d64": (64, 2), "2d128": (128, 2), "3d32": (32, 3)}
 RTOL = 1e-8
-
-
-def rms_norm(x):
-    """lineax's test is `norm(r / (atol + rtol |b|)) <= 1` per component; with the
-    Darcy right-hand side of ones the root-mean-square norm makes it
-    `||r||_2 <= rtol ||b||_2`, jaxnum's and scipy's test. The 2-norm used until
-    session 18 asked lineax for `sqrt(n)` times more (1.15-1.20x its time)."""
-    leaves = jax.tree_util.tree_leaves(x)
-    size = sum(leaf.size for leaf in leaves)
-    return jnp.sqrt(sum(jnp.sum(jnp.abs(leaf) ** 2) for leaf in leaves) / size)
 
 
 def to_csr(op) -> sp.csr_matrix:
