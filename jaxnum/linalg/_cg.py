@@ -22,7 +22,9 @@ from ._misc import (
     floor_update,
     get_preconditioner,
     get_y0,
+    relative_residual,
     rhs_scale,
+    stopping_tolerance,
     vec_matvec,
     vec_precond,
 )
@@ -109,10 +111,7 @@ def deflated_cg_loop(
     shape, dtype = b.shape, b.dtype
     n = b.size
     bnorm = jnp.linalg.norm(b)
-    tol = rtol * bnorm + atol
-    # A traced NaN tolerance can never be met (GMRES's cycles took no step and
-    # the restart loop never ended): run as with 0, to max_steps or stagnation.
-    tol = jnp.where(jnp.isnan(tol), 0.0, tol)
+    tol = stopping_tolerance(rtol, atol, bnorm)
     ok_input = all_finite(b, x0)
     b = jnp.where(ok_input, b, 0.0)
     x0 = jnp.where(ok_input, x0, 0.0)
@@ -396,8 +395,7 @@ def deflated_cg_loop(
     rt, mv = lax.cond(
         c.checked, lambda x, m: (r, m), lambda x, m: (b - matvec(x), m + 1), x, mv
     )
-    rel = jnp.linalg.norm(rt) / jnp.where(bnorm > 0, bnorm, 1.0)
-    rel = jnp.where(ok_input, rel, jnp.nan)  # no residual of a non-finite system
+    rel = relative_residual(jnp.linalg.norm(rt), bnorm, ok_input)
     conv = conv | (jnp.linalg.norm(rt) <= tol)
     broke = broke & ok_input & ~conv
     if harvest:

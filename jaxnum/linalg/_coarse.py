@@ -18,7 +18,7 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array
 
-from ._misc import all_finite, spd_inverse
+from ._misc import all_finite, spd_inverse, stopping_tolerance
 from ._operators import stencil_apply
 
 MAX_COARSE = 4096
@@ -254,7 +254,7 @@ def deflate(operator, flat, matvec, b, x0, coarse_blocks, rtol, atol, name):
     blocks = coarse_geometry(operator, flat, coarse_blocks, name)
     proj, probes = build_projector(matvec, flat.vec_shape, blocks, b.dtype)
     bnorm = jnp.linalg.norm(b)
-    tol = rtol * bnorm + atol
+    tol = stopping_tolerance(rtol, atol, bnorm)
     ok_input = all_finite(b, x0)
 
     def deflated(v):

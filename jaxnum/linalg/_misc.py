@@ -240,6 +240,21 @@ def rhs_scale(b: Array) -> Array:
     return jnp.where(ok, jnp.ldexp(jnp.ones((), b.dtype), e), 1.0).astype(b.dtype)
 
 
+def stopping_tolerance(rtol, atol, bnorm: Array) -> Array:
+    """`rtol ||b|| + atol`, the solvers' exit test on the true residual. A traced NaN
+    tolerance can never be met (GMRES's cycles took no step and the restart loop
+    never ended): it counts as 0, so the solve runs to `max_steps` or stagnation."""
+    tol = rtol * bnorm + atol
+    return jnp.where(jnp.isnan(tol), 0.0, tol)
+
+
+def relative_residual(rnorm: Array, bnorm: Array, ok_input: Array) -> Array:
+    """`||r|| / ||b||` (`||r||` for `b = 0`); NaN for a system with non-finite input,
+    which has no residual (it read 0, a perfect solve)."""
+    rel = rnorm / jnp.where(bnorm > 0, bnorm, 1.0)
+    return jnp.where(ok_input, rel, jnp.nan)
+
+
 def all_finite(*arrays) -> Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays]))
 

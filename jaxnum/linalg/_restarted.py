@@ -9,7 +9,7 @@ from jax import lax
 from jaxtyping import Array, Bool, Float, Int
 
 from ._arnoldi import Cycle, arnoldi_cycle, block_comb, block_dot, cycle_update
-from ._misc import all_finite, floor_update
+from ._misc import all_finite, floor_update, relative_residual, stopping_tolerance
 
 
 class LoopOut(NamedTuple):
@@ -76,10 +76,7 @@ def restarted_krylov(
     dtype = b.dtype
     k = 0 if U is None else U.shape[0]
     bnorm = jnp.linalg.norm(b)
-    tol = rtol * bnorm + atol
-    # A traced NaN tolerance can never be met (GMRES's cycles took no step and
-    # the restart loop never ended): run as with 0, to max_steps or stagnation.
-    tol = jnp.where(jnp.isnan(tol), 0.0, tol)
+    tol = stopping_tolerance(rtol, atol, bnorm)
     ok_input = all_finite(b, x0)
     b_safe = jnp.where(ok_input, b, 0.0)
     x0 = jnp.where(ok_input, x0, 0.0)
@@ -288,7 +285,6 @@ def restarted_krylov(
     x = jnp.where(worse, best_x, x)
     rnorm = jnp.minimum(rnorm, best)
     conv = conv | (rnorm <= tol)
-    rel = rnorm / jnp.where(bnorm > 0, bnorm, 1.0)
-    rel = jnp.where(ok_input, rel, jnp.nan)  # no residual of a non-finite system
+    rel = relative_residual(rnorm, bnorm, ok_input)
     broke = broke & ok_input
     return LoopOut(x, rel, mv, cyc, conv, stag, broke, ok_input, U, C, have)
