@@ -252,6 +252,10 @@ HPO_PAIRS = (  # (jaxnum loop, peer loop) compared call by call with --hpo-inter
      "optimistix LBFGS (warm), ImplicitAdjoint(CG)"),
     ("jaxnum: LBFGS(diagonal=True), warm starts + default adjoint, fixed tolerances",
      "JAXopt LBFGS (warm), CG 1e-10"),
+    ("jaxnum: warm starts without the L-BFGS pairs (carry_state=False) + default adjoint + inexact schedule",
+     "JAXopt LBFGS (warm), CG + inexact schedule (jaxnum's InexactSchedule())"),
+    ("jaxnum: LBFGS(diagonal=True), warm starts + default adjoint + inexact schedule",
+     "JAXopt LBFGS (warm), CG + inexact schedule (jaxnum's InexactSchedule())"),
 )
 
 
@@ -314,13 +318,13 @@ def hpo_table(n, d, steps, repeats, interleave=0):
         return lambda w, t: optx.minimise(inner, s, w, t, adjoint=adj, tags=psd, max_steps=20_000,
                                           throw=False).value
 
-    def jaxnum_loop(adjoint, schedule, warm, diagonal=False):
+    def jaxnum_loop(adjoint, schedule, warm, diagonal=False, carry_state=True):
         solver = ji.LBFGS(rtol=0.0, atol=INNER_TOL, max_steps=20_000, diagonal=diagonal)
 
         def run(t):
             out = ji.hyperparameter_optimise(outer_, inner, solver, t,
                                              w0, optimiser=opt, num_steps=steps, adjoint=adjoint, schedule=schedule,
-                                             warm_start=warm)
+                                             warm_start=warm, carry_state=carry_state)
             return out.params, out.history["outer_loss"]
         return run
 
@@ -348,6 +352,12 @@ def hpo_table(n, d, steps, repeats, interleave=0):
             ji.ImplicitAdjoint(preconditioner="diagonal"), None, True),
         "jaxnum: LBFGS(diagonal=True), warm starts + default adjoint, fixed tolerances": jaxnum_loop(
             ji.ImplicitAdjoint(), None, True, diagonal=True),
+        # Warm starts carry the iterate and (by default, `carry_state=True`) the L-BFGS
+        # curvature pairs; this row carries the iterate only (the loops before session 20).
+        "jaxnum: warm starts without the L-BFGS pairs (carry_state=False) + default adjoint + inexact schedule":
+            jaxnum_loop(ji.ImplicitAdjoint(), ji.InexactSchedule(), True, carry_state=False),
+        "jaxnum: LBFGS(diagonal=True), warm starts + default adjoint + inexact schedule": jaxnum_loop(
+            ji.ImplicitAdjoint(), ji.InexactSchedule(), True, diagonal=True),
         "JAXopt LBFGS (warm), default implicit diff": peer_loop(fixed(lambda w, t: jaxopt_default.run(w, t).params)),
         "JAXopt LBFGS (warm), CG 1e-10": peer_loop(fixed(lambda w, t: jaxopt_cg.run(w, t).params)),
         "optimistix LBFGS (warm), ImplicitAdjoint() dense": peer_loop(fixed(ox_solve(optx.ImplicitAdjoint()))),

@@ -523,3 +523,84 @@ def test_box_constrained_hypergradient_fd():
     assert abs(float(fd)) > 1e-3
     np.testing.assert_allclose(grad @ direction, fd, rtol=1e-6)
     np.testing.assert_allclose(tangent, grad @ direction, rtol=1e-9)
+
+
+def test_lbfgs_warm_init_keeps_the_curvature_pairs():
+    # A badly scaled objective at two nearby parameters: the warm start from the
+    # first solve's final state keeps its pairs (and scaling), evaluates f and g at
+    # the new parameters, and reaches the same solution as a cold start. (Fewer
+    # steps is not guaranteed on one solve: here 277 against 253; the bilevel test
+    # below counts the saving over a loop.)
+    from jaxnum.implicit._base import Problem
+    from jaxnum.implicit._driver import _run
+
+    d = 30
+    scales = jnp.logspace(0.0, 3.0, d)
+    rng = np.random.default_rng(11)
+    target = jnp.asarray(rng.standard_normal(d))
+
+    def fn(y, c):
+        return 0.5 * jnp.sum(scales * (y - c * target) ** 2) + 0.1 * jnp.sum(y**4)
+
+    problem = Problem(fn, "minimise")
+    solver = ji.LBFGS(rtol=0, atol=1e-10, memory=10)
+    y0 = jnp.zeros(d)
+    run = jax.jit(lambda y, c, prev: _run(solver, problem, y, c, {}, "lax", None, prev))
+    y1, state1, _, _ = run(y0, 1.0, None)
+    assert int(state1.count) == solver.memory
+    warm = solver.warm_init(problem, y1, 1.02, {}, state1)
+    for name in ("S", "Y", "rho", "count", "gamma", "dinv"):
+        np.testing.assert_array_equal(getattr(warm, name), getattr(state1, name), err_msg=name)
+    f, g = jax.value_and_grad(fn)(y1, 1.02)
+    np.testing.assert_allclose(warm.f, f, rtol=1e-14)
+    np.testing.assert_allclose(warm.g, g, rtol=1e-14, atol=1e-14)
+    y_cold, _, n_cold, _ = run(y1, 1.02, None)
+    y_warm, state_warm, n_warm, _ = run(y1, 1.02, state1)
+    assert float(solver.residual_norm(state_warm)) <= 1e-10
+    np.testing.assert_allclose(y_warm, y_cold, rtol=1e-9, atol=1e-11)
+    assert 0 < int(n_warm) < 2 * int(n_cold)
+
+
+def test_hyperparameter_optimise_carries_the_solver_state():
+    # carry_state=True (the default) warm-starts each inner L-BFGS solve with the
+    # previous solve's curvature pairs: the same hyperparameters as carrying the
+    # iterate only, in fewer inner steps (measured here: 611 against 664 at fixed
+    # tolerances, 150 against 219 under the default schedule). A solver without a
+    # model worth carrying (ProximalGradient: `warm_init` is a fresh `init`) gives
+    # the same loop either way.
+    X, inner, outer = _logistic_problem(5, n=80, d=12, n_val=40)
+    d = X.shape[1]
+    # Badly scaled regularisation weights, so that L-BFGS needs many steps.
+    theta0 = jnp.linspace(-6.0, 1.0, d)
+
+    @jax.jit
+    def run(t):
+        return [
+            ji.hyperparameter_optimise(
+                outer, inner, ji.LBFGS(rtol=0, atol=1e-10), t, jnp.zeros(d),
+                optimiser=optax.adam(0.05), num_steps=20, schedule=schedule, carry_state=carry,
+            )
+            for schedule in (None, ji.InexactSchedule())
+            for carry in (True, False)
+        ]
+
+    carried, fresh, carried_s, fresh_s = run(theta0)
+    np.testing.assert_allclose(carried.params, fresh.params, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(carried_s.params, fresh_s.params, rtol=0, atol=1e-3)
+    np.testing.assert_allclose(carried_s.params, carried.params, rtol=0, atol=1e-3)
+    for res in (carried, carried_s):
+        assert bool(jnp.all(res.history["inner_result"] == ji.RESULTS.successful))
+    steps = [int(jnp.sum(r.history["inner_steps"])) for r in (carried, fresh, carried_s, fresh_s)]
+    assert steps[0] < steps[1] and steps[2] < 0.85 * steps[3], steps
+
+    smooth, outer_qp, solver, c0 = _simplex_qp()
+    d = c0.shape[0]
+    loops = [
+        ji.hyperparameter_optimise(
+            outer_qp, smooth, solver, c0, jnp.full(d, 1.0 / d), optimiser=optax.sgd(0.1), num_steps=5,
+            schedule=None, carry_state=carry,
+        )
+        for carry in (True, False)
+    ]
+    np.testing.assert_array_equal(loops[0].params, loops[1].params)
+    np.testing.assert_array_equal(loops[0].history["inner_steps"], loops[1].history["inner_steps"])

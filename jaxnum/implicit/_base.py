@@ -81,6 +81,16 @@ class AbstractSolver(eqx.Module):
     def init(self, problem: Problem, y, args, options: dict) -> Any:
         """The initial state."""
 
+    def warm_init(self, problem: Problem, y, args, options: dict, previous) -> Any:
+        """The initial state of a solve warm-started from `previous`, the final
+        state of an earlier solve of a nearby problem (the same solver, `y` of the
+        same structure, other `args`): what a sequence of solves carries from one
+        to the next besides the iterate (`hyperparameter_optimise`). A fresh
+        `init` unless the solver keeps a model worth carrying (L-BFGS keeps its
+        curvature pairs)."""
+        del previous
+        return self.init(problem, y, args, options)
+
     @abc.abstractmethod
     def step(self, problem: Problem, y, args, state) -> tuple[Any, Any]:
         """One iteration: `(y, state) -> (y_next, state_next)`."""

@@ -104,14 +104,17 @@ def hyperparameter_optimise(
     adjoint: ImplicitAdjoint | None = None,
     schedule: InexactSchedule | None = DEFAULT_SCHEDULE,
     warm_start: bool = True,
+    carry_state: bool = True,
     throw: bool = True,
 ) -> BilevelResult:
     """Minimises `outer(y*(theta), theta)` over `theta`, where
     `y*(theta) = argmin_y inner(y, theta)`, by `num_steps` optax steps on the
     implicit hypergradient.
 
-    Each outer step warm-starts the inner solve from the previous `y*` and the
-    adjoint solve from the previous adjoint vector, carrying a Krylov recycle
+    Each outer step warm-starts the inner solve from the previous `y*` (and, with
+    `carry_state`, from the solver's previous final state through
+    `solver.warm_init`: L-BFGS keeps its curvature pairs) and the adjoint solve
+    from the previous adjoint vector, carrying a Krylov recycle
     space if `adjoint.linear_solver` recycles (e.g.
     `ImplicitAdjoint(linear_solver=jaxnum.linalg.DeflatedCG(rtol=1e-10, atol=0.0))`).
     With a `schedule`, inner and adjoint tolerances start loose and tighten with
@@ -128,7 +131,8 @@ def hyperparameter_optimise(
     minimiser, e.g. `LBFGS` or `ProximalGradient`); `params0`, `y0`;
     `optimiser`; `num_steps`; `adjoint` (an `ImplicitAdjoint`); `schedule`;
     `warm_start` (False restarts both solves from `y0` and zero each step: the
-    baseline); `throw`: raise (through `equinox.error_if`, after the loop) if
+    baseline); `carry_state` (False starts each inner solve from a fresh
+    `solver.init` at the warm iterate); `throw`: raise (through `equinox.error_if`, after the loop) if
     an inner or an adjoint solve failed at any outer step, saying which. With
     `throw=False` the loop goes on regardless (a failed step still takes the
     approximate hypergradient) and `history["inner_result"]`,
@@ -163,7 +167,7 @@ def hyperparameter_optimise(
         tols0 = (jnp.asarray(schedule.inner_max, dtype), jnp.asarray(schedule.adjoint_max, dtype))
 
     def step(carry, _):
-        params, y, adj, opt_state, tols = carry
+        params, y, state_prev, adj, opt_state, tols = carry
         inner_tol, adjoint_tol = tols
         if schedule is None:
             s = solver
@@ -175,7 +179,8 @@ def hyperparameter_optimise(
                 is_leaf=lambda x: x is None,
             )
         start = y if warm_start else y0
-        y_new, state, n_inner, norm0 = _run(s, problem, start, params, {}, "lax", None)
+        previous = state_prev if (warm_start and carry_state) else None
+        y_new, state, n_inner, norm0 = _run(s, problem, start, params, {}, "lax", None, previous)
         inner_result = _result(s, state, norm0)
         # The solver's own optimality condition at its final state (as the
         # drivers differentiate it), e.g. the proximal step 1/L of this solve.
@@ -203,10 +208,14 @@ def hyperparameter_optimise(
             "inner_tol": inner_tol,
             "adjoint_tol": adjoint_tol,
         }
-        return (params, y_new, adj_new, opt_state, tols), record
+        carried = jax.lax.stop_gradient(state) if (warm_start and carry_state) else None
+        return (params, y_new, carried, adj_new, opt_state, tols), record
 
-    carry0 = (params0, y0, adj0, optimiser.init(params0), tols0)
-    (params, y, adj, _, _), history = jax.lax.scan(step, carry0, None, length=num_steps)
+    # The state a first warm start reads: a fresh one at (y0, params0) (an L-BFGS
+    # state with no pairs yet, so the first solve starts as a cold one would).
+    state0 = jax.lax.stop_gradient(solver.init(problem, y0, params0, {})) if (warm_start and carry_state) else None
+    carry0 = (params0, y0, state0, adj0, optimiser.init(params0), tols0)
+    (params, y, _, adj, _, _), history = jax.lax.scan(step, carry0, None, length=num_steps)
     if throw:
         # One check per solve kind after the loop (the loop itself always runs to
         # the end: a scan cannot stop early), on the values returned.

@@ -54,8 +54,11 @@ def _check(solver, problem: Problem, y0, adjoint, name):
             )
 
 
-def _run(solver, problem, y0, args, options, loop_kind, checkpoints):
-    state = solver.init(problem, y0, args, options)
+def _run(solver, problem, y0, args, options, loop_kind, checkpoints, previous=None):
+    if previous is None:
+        state = solver.init(problem, y0, args, options)
+    else:
+        state = solver.warm_init(problem, y0, args, options, previous)
     norm0 = solver.residual_norm(state)
 
     def cond(carry):

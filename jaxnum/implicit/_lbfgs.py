@@ -158,12 +158,9 @@ class LBFGS(AbstractSolver):
         if self.probes < 1:
             raise ValueError(f"LBFGS: `probes` must be at least 1, got {self.probes}.")
 
-    def init(self, problem, y, args, options):
-        flat = Flat(problem, y, args)
+    def _start(self, flat, y):
         x = flat.ravel(y)
         f, g = flat.value_and_grad(x)
-        m, n = self.memory, x.size
-        zeros = jnp.zeros((m, n), x.dtype)
         if self.diagonal:
             _, hvp = jax.linearize(jax.grad(flat.objective), lax.stop_gradient(x))
             hessian = lx.FunctionLinearOperator(
@@ -172,10 +169,27 @@ class LBFGS(AbstractSolver):
             dinv = estimated_jacobi(hessian, self.probes).diagonal
         else:
             dinv = jnp.ones_like(x)
+        return x, f, g, dinv
+
+    def init(self, problem, y, args, options):
+        x, f, g, dinv = self._start(Flat(problem, y, args), y)
+        m, n = self.memory, x.size
+        zeros = jnp.zeros((m, n), x.dtype)
         return LBFGSState(
             x, f, g, zeros, zeros, jnp.zeros(m, x.dtype), jnp.array(0, jnp.int32),
             jnp.asarray(1.0, x.dtype), jnp.linalg.norm(g), dinv,
         )
+
+    def warm_init(self, problem, y, args, options, previous):
+        """Keeps the curvature pairs (and their scaling `gamma`) of `previous`: the
+        pairs of a nearby problem make the first steps quasi-Newton steps instead
+        of a scaled steepest-descent start. They stay SPD (`s.y > 0` was checked
+        when each was stored), so every direction is still a descent direction; the
+        new solve's pairs replace them as it goes. With `diagonal`, the diagonal is
+        estimated afresh at `y`."""
+        x, f, g, dinv = self._start(Flat(problem, y, args), y)
+        p = previous
+        return LBFGSState(x, f, g, p.S, p.Y, p.rho, p.count, p.gamma, jnp.linalg.norm(g), dinv)
 
     def step(self, problem, y, args, state):
         flat = Flat(problem, y, args)
