@@ -291,7 +291,7 @@ def hpo_table(n, d, steps, repeats, interleave=0):
             tols = (INNER_TOL, 1e-10) if schedule is None else (schedule.inner_max, schedule.adjoint_max)
             tols = tuple(jnp.asarray(x, t.dtype) for x in tols)
             (t, _, _, _), vals = jax.lax.scan(step, (t, w0, opt.init(t), tols), None, length=steps)
-            return t, vals
+            return t, vals, jnp.asarray(-1)  # the peers' inner iterations are not collected
 
         return run
 
@@ -325,7 +325,7 @@ def hpo_table(n, d, steps, repeats, interleave=0):
             out = ji.hyperparameter_optimise(outer_, inner, solver, t,
                                              w0, optimiser=opt, num_steps=steps, adjoint=adjoint, schedule=schedule,
                                              warm_start=warm, carry_state=carry_state)
-            return out.params, out.history["outer_loss"]
+            return out.params, out.history["outer_loss"], jnp.sum(out.history["inner_steps"])
         return run
 
     def outer_(w, t):
@@ -373,7 +373,7 @@ def hpo_table(n, d, steps, repeats, interleave=0):
     rows, params, compiled = [], {}, {}
     for name, run in loops.items():
         run = compiled[name] = jax.jit(run)
-        theta, vals = run(theta0)
+        theta, vals, inner_steps = run(theta0)
         params[name] = np.asarray(theta)
         t = cpu_time(run, theta0, repeats=repeats)
         rows.append({"size": f"{n}x{d}", "loop": name, "steps": steps, "total_s": t,
@@ -382,7 +382,9 @@ def hpo_table(n, d, steps, repeats, interleave=0):
                      # to machine precision (numpy Newton), outside the timing: the answer.
                      "final_outer_loss": reference_outer_loss(X, y, Xv, yv, theta),
                      # What the loop itself recorded (at its own inner tolerance), first and last step.
-                     "first_step_loss_recorded": float(vals[0]), "last_step_loss_recorded": float(vals[-1])})
+                     "first_step_loss_recorded": float(vals[0]), "last_step_loss_recorded": float(vals[-1]),
+                     # jaxnum's loops: inner L-BFGS iterations over the 100 steps (None for peers).
+                     "inner_steps": int(inner_steps) if int(inner_steps) >= 0 else None})
         print(json.dumps(rows[-1]), flush=True)
     # The answer all sides should reach: 100 Adam steps on exact hypergradients. Most rows
     # solve to 1e-10, so the row with the median final loss is one of them (the consensus);
@@ -490,11 +492,12 @@ def markdown(hg_rows, hpo_rows):
         out.append(f"| {r['size']} | {r['config']} | {r['rel_error']:.1e} | {_check(r['accurate'])} | "
                    f"{1e3 * r['forward_s']:.3g} | {1e3 * r['backward_s']:.3g} | {1e3 * r['total_s']:.4g} | "
                    f"{r['peak_MiB']:.3g} |")
-    out += ["", ("| size | HPO loop | steps | CPU s | final outer loss | - consensus | - best "
+    out += ["", ("| size | HPO loop | steps | inner iterations | CPU s | final outer loss | - consensus | - best "
                  f"| same answer (within {LOSS_TOL:.0e} of consensus) | hyperparameters rel. diff vs consensus |"),
-            "|---|---|---|---|---|---|---|---|---|"]
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for r in hpo_rows:
-        out.append(f"| {r['size']} | {r['loop']} | {r['steps']} | {r['total_s']:.3f} | {r['final_outer_loss']:.9f} | "
+        inner = "-" if r.get("inner_steps") is None else r["inner_steps"]
+        out.append(f"| {r['size']} | {r['loop']} | {r['steps']} | {inner} | {r['total_s']:.3f} | {r['final_outer_loss']:.9f} | "
                    f"{r['loss_minus_consensus']:+.1e} | {r['loss_minus_best']:+.1e} | "
                    f"{'yes' if r['same_answer'] else '**no**'} | {r['params_rel_diff_vs_consensus']:.1e} |")
     return "\n".join(out)
