@@ -1,6 +1,7 @@
 """Hypergradients of jaxnum.implicit drivers against finite differences, unrolling
 and each other; the explicit adjoint solve with recycling; the bilevel loop."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax as lx
@@ -554,7 +555,13 @@ def test_lbfgs_warm_init_keeps_the_curvature_pairs():
     f, g = jax.value_and_grad(fn)(y1, 1.02)
     np.testing.assert_allclose(warm.f, f, rtol=1e-14)
     np.testing.assert_allclose(warm.g, g, rtol=1e-14, atol=1e-14)
+    # A model with a NaN (a failed solve) is dropped, not carried.
+    broken = eqx.tree_at(lambda s: s.S, state1, state1.S.at[-1, 0].set(jnp.nan))
+    fresh = solver.warm_init(problem, y1, 1.02, {}, broken)
+    assert int(fresh.count) == 0 and bool(jnp.all(jnp.isfinite(fresh.S)))
+    y_nan, _, _, _ = run(y1, 1.02, broken)
     y_cold, _, n_cold, _ = run(y1, 1.02, None)
+    np.testing.assert_allclose(y_nan, y_cold, rtol=1e-9, atol=1e-11)
     y_warm, state_warm, n_warm, _ = run(y1, 1.02, state1)
     assert float(solver.residual_norm(state_warm)) <= 1e-10
     np.testing.assert_allclose(y_warm, y_cold, rtol=1e-9, atol=1e-11)

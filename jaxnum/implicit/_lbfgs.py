@@ -186,10 +186,18 @@ class LBFGS(AbstractSolver):
         of a scaled steepest-descent start. They stay SPD (`s.y > 0` was checked
         when each was stored), so every direction is still a descent direction; the
         new solve's pairs replace them as it goes. With `diagonal`, the diagonal is
-        estimated afresh at `y`."""
+        estimated afresh at `y`. A model with a non-finite entry (from a failed
+        solve) is dropped: the solve starts fresh."""
         x, f, g, dinv = self._start(Flat(problem, y, args), y)
         p = previous
-        return LBFGSState(x, f, g, p.S, p.Y, p.rho, p.count, p.gamma, jnp.linalg.norm(g), dinv)
+        finite = jnp.isfinite(p.gamma) & jnp.all(jnp.isfinite(p.rho))
+        finite = finite & jnp.all(jnp.isfinite(p.S)) & jnp.all(jnp.isfinite(p.Y))
+        count = jnp.where(finite, p.count, 0)
+        gamma = jnp.where(finite, p.gamma, jnp.ones_like(p.gamma))
+        # Dead rows are ignored by the two-loop (rho = 0 there), but a NaN in one
+        # would still poison the products: zero them.
+        S, Y, rho = (jnp.where(finite, a, jnp.zeros_like(a)) for a in (p.S, p.Y, p.rho))
+        return LBFGSState(x, f, g, S, Y, rho, count, gamma, jnp.linalg.norm(g), dinv)
 
     def step(self, problem, y, args, state):
         flat = Flat(problem, y, args)
