@@ -259,7 +259,7 @@ HPO_PAIRS = (  # (jaxnum loop, peer loop) compared call by call with --hpo-inter
 )
 
 
-def hpo_table(n, d, steps, repeats, interleave=0):
+def hpo_table(n, d, steps, repeats, interleave=0, only=None):
     X, y, Xv, yv, _ = make_problem(n, d, seed=1)
     inner, outer = losses(X, y, Xv, yv)
     theta0 = jnp.full(d, float(np.log(1e-2)))
@@ -370,6 +370,8 @@ def hpo_table(n, d, steps, repeats, interleave=0):
         "optimistix LBFGS (warm), ImplicitAdjoint(CG) + inexact schedule (jaxnum's InexactSchedule())": peer_loop(
             optx_scheduled, ji.InexactSchedule()),
     }
+    if only:
+        loops = {k: v for k, v in loops.items() if any(t in k for t in only)}
     rows, params, compiled = [], {}, {}
     for name, run in loops.items():
         run = compiled[name] = jax.jit(run)
@@ -408,7 +410,8 @@ def hpo_table(n, d, steps, repeats, interleave=0):
     if interleave:
         # The loops' sequential timings above swing by up to 40% on the shared box;
         # the pairs are timed alternately, call by call, for the ratios.
-        names = list(dict.fromkeys(x for pair in HPO_PAIRS for x in pair))
+        pairs = [p for p in HPO_PAIRS if p[0] in compiled and p[1] in compiled]
+        names = list(dict.fromkeys(x for pair in pairs for x in pair))
         times = {k: [] for k in names}
         for _ in range(interleave):
             for k in names:
@@ -416,7 +419,7 @@ def hpo_table(n, d, steps, repeats, interleave=0):
                 jax.block_until_ready(compiled[k](theta0))
                 times[k].append(time.process_time() - t0)
         med = {k: float(np.median(v)) for k, v in times.items()}
-        for mine, peer in HPO_PAIRS:
+        for mine, peer in pairs:
             ratio = med[peer] / med[mine]
             rows.append({"size": f"{n}x{d}", "interleaved": interleave, "jaxnum": mine, "peer": peer,
                          "jaxnum_s": med[mine], "peer_s": med[peer], "peer_over_jaxnum": ratio})
@@ -588,6 +591,12 @@ def main():
     parser.add_argument("--hpo-interleave", type=int, default=0, metavar="ROUNDS",
                         help="also time the HPO_PAIRS loops alternately, call by call, for ROUNDS rounds")
     parser.add_argument("--hpo-only", action="store_true", help="run only the HPO loops (and --hpo-interleave)")
+    parser.add_argument("--hpo-size", type=int, nargs=2, metavar=("N", "D"), default=None,
+                        help="problem size of the HPO loops (default 1000 100)")
+    parser.add_argument("--hpo-loops", nargs="+", metavar="TEXT", default=None,
+                        help="run only the HPO loops whose name contains one of these strings "
+                             "(the interleaved pairs among them)")
+    parser.add_argument("--hpo-repeats", type=int, default=None, help="timed repeats per HPO loop (default 5)")
     parser.add_argument("--cpu", type=int, default=None,
                         help="the one core to pin the process to (default: the first of the current affinity set); "
                              "applied at import, before jax starts")
@@ -615,7 +624,10 @@ def main():
         sizes = []
     for n, d, unrolled, jaxopt_unrolled, reps, unrolled_reps in sizes:
         hg += hypergradient_table(n, d, unrolled, jaxopt_unrolled, reps, unrolled_reps)
-    hp = hpo_table(*hpo, steps, 1 if args.quick else 5, args.hpo_interleave)
+    if args.hpo_size:
+        hpo = tuple(args.hpo_size)
+    repeats = args.hpo_repeats or (1 if args.quick else 5)
+    hp = hpo_table(*hpo, steps, repeats, args.hpo_interleave, args.hpo_loops)
     inter = interleaved(1000, 100, args.interleave) if args.interleave else None
     print(markdown(hg, hp))
     print(ratios(hg, hp))
