@@ -611,3 +611,21 @@ def test_hyperparameter_optimise_carries_the_solver_state():
     ]
     np.testing.assert_array_equal(loops[0].params, loops[1].params)
     np.testing.assert_array_equal(loops[0].history["inner_steps"], loops[1].history["inner_steps"])
+
+
+def test_hyperparameter_optimise_vmap_with_carried_state():
+    # The carried solver state rides in the scan carry: the loop vmaps over initial
+    # hyperparameters and gives what one loop per start gives.
+    X, inner, outer = _logistic_problem(5, n=60, d=6, n_val=30)
+    d = X.shape[1]
+
+    def run(t):
+        return ji.hyperparameter_optimise(
+            outer, inner, ji.LBFGS(rtol=0, atol=1e-10), t, jnp.zeros(d),
+            optimiser=optax.adam(0.05), num_steps=6,
+        ).params
+
+    starts = jnp.stack([jnp.zeros(d), jnp.full(d, -2.0)])
+    batched = jax.jit(jax.vmap(run))(starts)
+    one_by_one = jnp.stack([jax.jit(run)(t) for t in starts])
+    np.testing.assert_allclose(batched, one_by_one, rtol=1e-10, atol=1e-12)
