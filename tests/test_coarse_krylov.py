@@ -230,3 +230,19 @@ def test_coarse_bad_input():
     sol = lx.linear_solve(op, b.at[3, 3].set(jnp.nan), jl.GMRES(rtol=1e-8, atol=0.0, coarse_blocks=4),
                           throw=False)
     assert sol.result == lx.RESULTS.nonfinite_input
+
+
+@pytest.mark.parametrize("kind", ["gmres", "gcrodr"])
+def test_coarse_nonfinite_guess_reports_nan_residual(kind):
+    # A NaN in the initial guess: non-finite input, and no residual (NaN), as
+    # without coarse deflation (the coarse finish reported the residual of the
+    # sanitised solve, 2.8, beside `nonfinite_input`).
+    op = convdiff((16, 16), (1.0, 0.5))
+    b = jnp.ones((16, 16))
+    if kind == "gmres":
+        solver = jl.GMRES(rtol=1e-10, atol=0.0, restart=20, coarse_blocks=4)
+    else:
+        solver = jl.GCRODR(rtol=1e-10, atol=0.0, restart=20, recycle=6, coarse_blocks=4)
+    sol = lx.linear_solve(op, b, solver, options={"y0": b.at[0, 0].set(jnp.nan)}, throw=False)
+    assert sol.result == lx.RESULTS.nonfinite_input
+    assert np.isnan(float(sol.stats["residual"]))

@@ -18,7 +18,7 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array
 
-from ._misc import all_finite, spd_inverse, stopping_tolerance
+from ._misc import all_finite, relative_residual, spd_inverse, stopping_tolerance
 from ._operators import stencil_apply
 
 MAX_COARSE = 4096
@@ -265,7 +265,7 @@ def deflate(operator, flat, matvec, b, x0, coarse_blocks, rtol, atol, name):
         rnorm = jnp.linalg.norm(r)
         return loop._replace(
             x=x,
-            residual=rnorm / jnp.where(bnorm > 0, bnorm, 1.0),
+            residual=relative_residual(rnorm, bnorm, ok_input),
             num_matvecs=loop.num_matvecs + probes + 2,
             converged=loop.converged & proj.ok & (rnorm <= tol),
             # The deflated residual met the tolerance but the true one does not: the
