@@ -291,7 +291,7 @@ def hpo_table(n, d, steps, repeats, interleave=0, only=None):
             tols = (INNER_TOL, 1e-10) if schedule is None else (schedule.inner_max, schedule.adjoint_max)
             tols = tuple(jnp.asarray(x, t.dtype) for x in tols)
             (t, _, _, _), vals = jax.lax.scan(step, (t, w0, opt.init(t), tols), None, length=steps)
-            return t, vals, jnp.asarray(-1)  # the peers' inner iterations are not collected
+            return t, vals, None  # the peers' inner iterations are not collected
 
         return run
 
@@ -386,7 +386,7 @@ def hpo_table(n, d, steps, repeats, interleave=0, only=None):
                      # What the loop itself recorded (at its own inner tolerance), first and last step.
                      "first_step_loss_recorded": float(vals[0]), "last_step_loss_recorded": float(vals[-1]),
                      # jaxnum's loops: inner L-BFGS iterations over the 100 steps (None for peers).
-                     "inner_steps": int(inner_steps) if int(inner_steps) >= 0 else None})
+                     "inner_steps": None if inner_steps is None else int(inner_steps)})
         print(json.dumps(rows[-1]), flush=True)
     # The answer all sides should reach: 100 Adam steps on exact hypergradients. Most rows
     # solve to 1e-10, so the row with the median final loss is one of them (the consensus);

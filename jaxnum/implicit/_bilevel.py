@@ -159,6 +159,7 @@ def hyperparameter_optimise(
             "(`jaxnum.linalg.CG`, `GMRES`, `DeflatedCG`, ...) or `schedule=None`."
         )
     adj0 = init_adjoint_state(adjoint, y0, symmetric=symmetric)
+    keep_state = warm_start and carry_state  # the inner solver's state rides in the scan carry
     dtype = jax.tree_util.tree_leaves(y0)[0].dtype
     if schedule is None:
         # Recorded only (a direct solver such as `lineax.LU()` has no tolerance).
@@ -179,7 +180,7 @@ def hyperparameter_optimise(
                 is_leaf=lambda x: x is None,
             )
         start = y if warm_start else y0
-        previous = state_prev if (warm_start and carry_state) else None
+        previous = state_prev if keep_state else None
         y_new, state, n_inner, norm0 = _run(s, problem, start, params, {}, "lax", None, previous)
         inner_result = _result(s, state, norm0)
         # The solver's own optimality condition at its final state (as the
@@ -208,12 +209,12 @@ def hyperparameter_optimise(
             "inner_tol": inner_tol,
             "adjoint_tol": adjoint_tol,
         }
-        carried = jax.lax.stop_gradient(state) if (warm_start and carry_state) else None
+        carried = jax.lax.stop_gradient(state) if keep_state else None
         return (params, y_new, carried, adj_new, opt_state, tols), record
 
     # The state a first warm start reads: a fresh one at (y0, params0) (an L-BFGS
     # state with no pairs yet, so the first solve starts as a cold one would).
-    state0 = jax.lax.stop_gradient(solver.init(problem, y0, params0, {})) if (warm_start and carry_state) else None
+    state0 = jax.lax.stop_gradient(solver.init(problem, y0, params0, {})) if keep_state else None
     carry0 = (params0, y0, state0, adj0, optimiser.init(params0), tols0)
     (params, y, _, adj, _, _), history = jax.lax.scan(step, carry0, None, length=num_steps)
     if throw:
