@@ -14,6 +14,10 @@ process and on the same systems, the coarse-deflation rows:
   compared over the systems both rows cover; for like-for-like times pass
   `--peer-systems` equal to `--systems`.
 
+Every coarse row is also re-run one system per jitted call (`kr.stepped_sequence`),
+which gives per-system times: the rows print mean and median CPU times, and the
+ratios come both ways (`time ...` of means, `median time ...` of medians).
+
     python benchmarks/deflated_cg.py --cases b128 b3d --systems 200 --peer-systems 8 \
         --count-systems 2 --ritz 8 50 --json
 """
@@ -48,9 +52,9 @@ def extra_rows(name, args, rows):
     refs = [spla.spsolve(A.tocsc(), b_np) for A in mats[: args.ref_systems]]
     B = args.blocks2d if len(rhs.shape) == 2 else args.blocks3d
 
-    def record(label, mv, cpu, wall, sols, note="", per=1, residuals=None):
+    def record(label, mv, cpu, wall, sols, note="", per=1, residuals=None, clocks=None):
         kr.record_row(rows, label, mv, cpu, wall, sols, mats, b_np, refs, note=note, per=per, width=58,
-                      residuals=residuals)
+                      residuals=residuals, clocks=clocks)
 
     check = kr.true_residuals(make, rhs)
 
@@ -69,7 +73,8 @@ def extra_rows(name, args, rows):
         spla.cg(spla.LinearOperator(A.shape, matvec=mv, dtype=A.dtype), b_np, rtol=RTOL, atol=0.0,
                 maxiter=20 * b_np.size, M=M)
         mvs.append(cnt.n)
-    record("scipy cg + Jacobi", mvs, sum(t.cpu for t in times), sum(t.wall for t in times), sols, per=P)
+    record("scipy cg + Jacobi", mvs, sum(t.cpu for t in times), sum(t.wall for t in times), sols, per=P,
+           clocks=times)
 
     def lineax_pcg(p, counter=None):
         op = make(p)
@@ -92,7 +97,8 @@ def extra_rows(name, args, rows):
         jax.block_until_ready(lineax_pcg(kr.take(params, i), cnt))
         jax.effects_barrier()
         mvs.append(cnt.n)
-    record("lineax CG + Jacobi", mvs, sum(t.cpu for t in times), sum(t.wall for t in times), sols, per=P)
+    record("lineax CG + Jacobi", mvs, sum(t.cpu for t in times), sum(t.wall for t in times), sols, per=P,
+           clocks=times)
 
     # jaxnum CG + Jacobi on every system, like the coarse rows it is compared with.
     fn = lambda q: jl.solve_sequence(make, q, rhs, jl.CG(RTOL, 0.0), order="given",
@@ -114,7 +120,10 @@ def extra_rows(name, args, rows):
         mv = np.asarray(out.stats["num_matvecs"])
         carried = float(np.mean(np.asarray(out.stats["carried"])))
         conv = int(np.sum(np.asarray(out.result == lx.RESULTS.successful)))
-        record(f"jaxnum {label}, {order}", mv, t.cpu, t.wall, list(out.value[:P]),
+        # Per-system times (for medians): the same solves, one jitted call each.
+        clocks, mv_step = kr.stepped_sequence(make, rhs, params, solver, out.order, preconditioner=pre)
+        kr.check_stepped(label, mv, mv_step, clocks, t)
+        record(f"jaxnum {label}, {order}", mv, t.cpu, t.wall, list(out.value[:P]), clocks=clocks,
                note=f"(all {N}; carried {carried:.0%}; converged {conv}/{N}; max stat residual {float(np.max(np.asarray(out.stats['residual']))):.1e})", per=N,
                residuals=check(params, out.value))
     return desc

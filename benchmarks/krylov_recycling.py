@@ -32,13 +32,19 @@ and applied in float32, the answer in float64; session 13), with `--gcrodr-alt32
 H` also with `basis_dtype=float32` (session 14), and with `--coarse B`
 also GMRES(40) and GCRO-DR(40, 20) with two-level (subdomain) deflation on blocks
 of edge B (`coarse_blocks=B`), GCRO-DR both without carrying and in similarity order.
-With `--gmres-cgs2`, also jaxnum GMRES(40) with CGS2 re-orthogonalisation
-(`reorthogonalize=True`, the Arnoldi the issue names; the default is CGS1), and the
-products ratios against it.
+jaxnum GMRES(40) is the default, CGS2 re-orthogonalisation (the Arnoldi the issue
+names; since session 21); with `--gmres-cgs1`, also jaxnum GMRES(40) with one
+Gram-Schmidt pass (`reorthogonalize=False`), and the products ratios against it.
 
 Times are the process CPU time per system (every side single-threaded, so this is
 the compute each side spent, independent of other load on a shared machine); wall
-time is printed beside it. The peers are timed on the first `--peer-systems` systems
+time is printed beside it. Each row has the mean per system, and where every system
+was timed on its own also the median: the peers solve one system per call, and the
+recycling rows in similarity order (and `deflated_cg.py`'s coarse rows) are re-run
+one system per jitted call, carrying the space from call to call exactly as
+`solve_sequence`'s `lax.scan` does (`stepped_sequence`; its products are checked
+against the scan's), so that the issue's median ratios can be taken. Ratios are
+printed both ways ("time ..." of means, "median time ..." of medians). The peers are timed on the first `--peer-systems` systems
 (their products counted on the first `--count-systems`); jaxnum's independent solves
 (GMRES, GCRO-DR without carrying) on the first `--indep-systems` (default: all); the
 recycling runs solve the whole sequence (`--systems`), since the sequence is the
@@ -202,7 +208,7 @@ CHECK_SLACK = 2.0
 
 
 def record_row(rows, label, mv, cpu, wall, sols, mats, b, refs, note="", per=1, width=34,
-               residuals=None):
+               residuals=None, clocks=None):
     """Adds (and prints) `rows[label]`: median products (`mv`, None if not counted),
     CPU and wall time per system (`cpu`, `wall` over `per` systems), the largest true
     relative residual of the first `len(mats)` solutions against the CSR matrices
@@ -213,7 +219,10 @@ def record_row(rows, label, mv, cpu, wall, sols, mats, b, refs, note="", per=1, 
     row returned, computed with the operator; by default the CSR residuals above)
     counts the systems whose residual exceeds `CHECK_SLACK * RTOL` as `unconverged`.
     The printed line says how many, and every ratio that uses the row says so in its
-    name (see `flag`)."""
+    name (see `flag`).
+
+    `clocks`: one `Clock` per system when every system was timed on its own; the row
+    then has median CPU and wall times too (`time_median`, `wall_median`)."""
     bnorm = np.linalg.norm(b)
     res = [np.linalg.norm(b - mats[i] @ np.asarray(sols[i]).ravel()) / bnorm for i in range(min(len(mats), len(sols)))]
     err = [np.linalg.norm(np.asarray(sols[i]).ravel() - refs[i]) / np.linalg.norm(refs[i])
@@ -231,6 +240,8 @@ def record_row(rows, label, mv, cpu, wall, sols, mats, b, refs, note="", per=1, 
         "counted": None if mv is None else int(np.asarray(mv).size),
         "time": float(cpu / per),
         "wall": float(wall / per),
+        "time_median": None if not clocks else float(np.median([c.cpu for c in clocks])),
+        "wall_median": None if not clocks else float(np.median([c.wall for c in clocks])),
         "max_residual": float(np.max(res)),
         "max_error_vs_spsolve": float(np.max(err)),
         "checked": int(checked.size),
@@ -240,9 +251,52 @@ def record_row(rows, label, mv, cpu, wall, sols, mats, b, refs, note="", per=1, 
         "note": note,
     }
     check = "ok" if bad == 0 else f"UNCONVERGED {bad}/{checked.size} (max {r['max_checked_residual']:.1e})"
-    print(f"  {label:{width}s} [{per:3d} sys] matvecs/sys {r['matvecs']:8.0f}  cpu/sys {r['time']*1e3:9.1f} ms  wall/sys {r['wall']*1e3:9.1f} ms  "
+    med = "" if not clocks else f"median cpu {r['time_median']*1e3:9.1f} ms  "
+    print(f"  {label:{width}s} [{per:3d} sys] matvecs/sys {r['matvecs']:8.0f}  cpu/sys {r['time']*1e3:9.1f} ms  wall/sys {r['wall']*1e3:9.1f} ms  {med}"
           f"max resid {r['max_residual']:.1e}  err vs spsolve {r['max_error_vs_spsolve']:.1e}  "
           f"check {check} {note}", flush=True)
+
+
+def stepped_sequence(make, rhs, params, solver, perm, preconditioner=None):
+    """The solves of `solve_sequence(make, params, rhs, solver, order=perm,
+    preconditioner=...)`, one jitted call per system, carrying the recycle space from
+    call to call as the sequence's `lax.scan` does: per-system times, for medians.
+
+    Returns the per-system `Clock`s and products, both in the caller's order (the
+    products should equal the scan's; rounding in a differently compiled program
+    may move a carried sequence's by a little)."""
+    recycles = hasattr(solver, "empty_recycle")
+
+    def step(space, p):
+        op = make(p)
+        options = {}
+        if preconditioner is not None:
+            options["preconditioner"] = preconditioner(op)
+        if recycles:
+            options["recycle"] = space
+        sol = lx.linear_solve(op, rhs, solver, options=options, throw=False)
+        return (sol.stats["recycle"] if recycles else space), sol.stats["num_matvecs"]
+
+    perm = [int(i) for i in np.asarray(perm)]
+    space = solver.empty_recycle(make(take(params, perm[0]))) if recycles else jnp.zeros(())
+    compiled = jax.jit(step).lower(space, take(params, perm[0])).compile()
+    clocks, mvs = [None] * len(perm), [0] * len(perm)
+    for i in perm:
+        p = jax.block_until_ready(take(params, i))
+        with Clock() as c:
+            space, mv = jax.block_until_ready(compiled(space, p))
+        clocks[i], mvs[i] = c, int(mv)
+    return clocks, np.asarray(mvs)
+
+
+def check_stepped(label, mv_scan, mv_step, clocks, scan_clock):
+    """Prints how far the stepped run's products and mean time are from the scan's."""
+    mv_scan = np.asarray(mv_scan)
+    n = mv_scan.size
+    print(f"    stepped re-run of {label}: median products {np.median(mv_step):.0f} (scan "
+          f"{np.median(mv_scan):.0f}); identical on {int(np.sum(mv_step == mv_scan))}/{n} systems; "
+          f"mean CPU {sum(c.cpu for c in clocks) / n * 1e3:.1f} ms (scan {scan_clock.cpu / n * 1e3:.1f} ms)",
+          flush=True)
 
 
 def true_residuals(make, rhs):
@@ -263,9 +317,12 @@ def run_case(name, args):
     refs = []
     rows = {}
 
-    def record(label, mv, clocks, sols, note="", per=1, residuals=None):
+    def record(label, mv, clocks, sols, note="", per=1, residuals=None, per_system=None):
+        # Per-system clocks: the peers' (one per system), or a stepped re-run's.
+        if per_system is None and len(clocks) == per and per > 1:
+            per_system = clocks
         record_row(rows, label, mv, sum(c.cpu for c in clocks), sum(c.wall for c in clocks), sols, mats, b_np,
-                   refs, note=note, per=per, residuals=residuals)
+                   refs, note=note, per=per, residuals=residuals, clocks=per_system)
 
     check = true_residuals(make, rhs)
 
@@ -352,10 +409,10 @@ def run_case(name, args):
         rec_name = f"DeflatedCG(k={args.dcg_recycle})"
     else:
         indep = {"jaxnum GMRES(40)": jl.GMRES(RTOL, 0.0, restart=M), "jaxnum GCRO-DR(40,20), no carry": None}
-        if args.gmres_cgs2:
-            # Session 16: the baseline as the issue specifies GMRES (Arnoldi with
-            # re-orthogonalisation, CGS2), next to the CGS1 default.
-            indep["jaxnum GMRES(40), CGS2"] = jl.GMRES(RTOL, 0.0, restart=M, reorthogonalize=True)
+        if args.gmres_cgs1:
+            # Session 21: the default is CGS2, as the issue specifies GMRES; one
+            # Gram-Schmidt pass next to it (the default of sessions 1-20).
+            indep["jaxnum GMRES(40), CGS1"] = jl.GMRES(RTOL, 0.0, restart=M, reorthogonalize=False)
         rec = jl.GCRODR(RTOL, 0.0, restart=M, recycle=K, harvest_every=args.harvest_every)
         rec_name = "GCRO-DR(40,20)"
     alts = []
@@ -431,8 +488,13 @@ def run_case(name, args):
         out, t = time_sequence(fn, params)
         mv = np.asarray(out.stats["num_matvecs"])
         carried = float(np.mean(np.asarray(out.stats["carried"])))
+        per_system = None
+        if order == "similarity" and args.step_times:
+            per_system, mv_step = stepped_sequence(make, rhs, params, solver, out.order)
+            check_stepped(name_, mv, mv_step, per_system, t)
         record(f"jaxnum {name_}, {order}", mv, [t], list(out.value[:P]),
-               note=f"(all {N}; carried {carried:.0%})", per=N, residuals=check(params, out.value))
+               note=f"(all {N}; carried {carried:.0%})", per=N, residuals=check(params, out.value),
+               per_system=per_system)
     if args.warm_start:
         # Warm start along the similarity-ordered sequence (the minimal-residual
         # combination of the previous solutions), for the recycling solver and, to
@@ -482,6 +544,8 @@ def time_ratio(out, key, a, b):
     key += flag(a, b)
     out[key] = a["time"] / b["time"]
     out["wall " + key] = a["wall"] / b["wall"]
+    if a.get("time_median") and b.get("time_median"):
+        out["median " + key] = a["time_median"] / b["time_median"]
 
 
 def ratios(name, rows):
@@ -490,10 +554,10 @@ def ratios(name, rows):
         sim = rows["jaxnum GCRO-DR(40,20), similarity"]
         given = rows["jaxnum GCRO-DR(40,20), given"]
         nocarry = rows["jaxnum GCRO-DR(40,20), no carry"]
-        cgs2 = rows.get("jaxnum GMRES(40), CGS2")  # with --gmres-cgs2
+        cgs1 = rows.get("jaxnum GMRES(40), CGS1")  # with --gmres-cgs1
         put_mv(out, "matvecs GMRES(40) / GCRO-DR sim", rows["jaxnum GMRES(40)"], sim)
-        if cgs2 is not None:
-            put_mv(out, "matvecs GMRES(40) CGS2 / GCRO-DR sim", cgs2, sim)
+        if cgs1 is not None:
+            put_mv(out, "matvecs GMRES(40) CGS1 / GCRO-DR sim", cgs1, sim)
         put_mv(out, "matvecs scipy GMRES(40) / GCRO-DR sim", rows["scipy gmres(40)"], sim)
         put_mv(out, "matvecs no-carry / sim", nocarry, sim)
         put_mv(out, "matvecs given / no-carry", given, nocarry)
@@ -508,8 +572,8 @@ def ratios(name, rows):
             c = rows[key]
             own = rows.get(key.replace(", similarity", ", no carry"))
             put_mv(out, f"matvecs GMRES(40) / GCRO-DR sim{tag}", rows["jaxnum GMRES(40)"], c)
-            if cgs2 is not None:
-                put_mv(out, f"matvecs GMRES(40) CGS2 / GCRO-DR sim{tag}", cgs2, c)
+            if cgs1 is not None:
+                put_mv(out, f"matvecs GMRES(40) CGS1 / GCRO-DR sim{tag}", cgs1, c)
             if own is not None:  # the same (m, k, harvest_every) without carrying
                 put_mv(out, f"matvecs no-carry / sim{tag}, same setting", own, c)
             else:
@@ -575,13 +639,14 @@ def markdown(results) -> str:
     lines = []
     for name, res in results.items():
         lines += [f"**({name}) {res['description']}**", "",
-                  "| method | systems | matvecs / system (median) | CPU ms / system | wall ms / system | max true rel. residual | max rel. error vs spsolve | answer check |",
-                  "|---|---:|---:|---:|---:|---:|---:|---|"]
+                  "| method | systems | matvecs / system (median) | CPU ms / system (mean) | CPU ms / system (median) | wall ms / system | max true rel. residual | max rel. error vs spsolve | answer check |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
         for label, r in res["rows"].items():
             mv = "-" if r["matvecs"] != r["matvecs"] else f"{r['matvecs']:.0f}"
             if r.get("counted") is not None and r["counted"] != r.get("systems"):
                 mv += f" (over {r['counted']})"
-            lines.append(f"| {label} {r['note']} | {r.get('systems', '')} | {mv} | {r['time'] * 1e3:.1f} | {r['wall'] * 1e3:.1f} | "
+            med = "-" if not r.get("time_median") else f"{r['time_median'] * 1e3:.1f}"
+            lines.append(f"| {label} {r['note']} | {r.get('systems', '')} | {mv} | {r['time'] * 1e3:.1f} | {med} | {r['wall'] * 1e3:.1f} | "
                          f"{r['max_residual']:.1e} | {r['max_error_vs_spsolve']:.1e} | {check_cell(r)} |")
         lines += ["", "| ratio | value |", "|---|---:|"]
         lines += [f"| {k} | {v:.2f} |" for k, v in res["ratios"].items()]
@@ -623,8 +688,12 @@ def build_parser():
                         help="also run GMRES(40) and GCRO-DR(40,20) with coarse_blocks=B (two-level "
                              "deflation; GCRO-DR without carrying and in similarity order; non-symmetric cases)")
     parser.add_argument("--dcg-keep", type=int, default=None, help="DeflatedCG harvest_keep (default: recycle // 2)")
-    parser.add_argument("--gmres-cgs2", action="store_true",
-                        help="also time jaxnum GMRES(40) with CGS2 re-orthogonalisation (reorthogonalize=True)")
+    parser.add_argument("--gmres-cgs1", action="store_true",
+                        help="also time jaxnum GMRES(40) with one Gram-Schmidt pass (reorthogonalize=False; "
+                             "the default is CGS2)")
+    parser.add_argument("--no-step-times", dest="step_times", action="store_false",
+                        help="skip the stepped re-runs that give the similarity-order rows per-system "
+                             "(median) times")
     parser.add_argument("--warm-start", type=int, default=4, help="previous solutions for the warm-start rows (0: no such rows)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one machine-readable line at the end")
