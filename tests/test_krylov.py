@@ -101,6 +101,28 @@ def test_matvec_count_is_honest(name, make):
         assert int(sol.stats["num_matvecs"]) == counter[0]
 
 
+def test_gmres_reorthogonalizes_by_default():
+    # The issue specifies GMRES with re-orthogonalisation: the default is CGS2. The
+    # default runs the same iteration as `reorthogonalize=True` (identical products and
+    # residual) and not the one-pass one (whose rounding differs).
+    rng = np.random.default_rng(0)
+    A = random_matrix(rng, 80, "nonsymmetric", cond=10.0)
+    op = lx.MatrixLinearOperator(jnp.asarray(A))
+    b = jnp.asarray(rng.standard_normal(80))
+    out = {}
+    for name, solver in (
+        ("default", jl.GMRES(rtol=RTOL, atol=0.0, restart=30)),
+        ("cgs2", jl.GMRES(rtol=RTOL, atol=0.0, restart=30, reorthogonalize=True)),
+        ("cgs1", jl.GMRES(rtol=RTOL, atol=0.0, restart=30, reorthogonalize=False)),
+    ):
+        sol = lx.linear_solve(op, b, solver, throw=False)
+        assert sol.result == lx.RESULTS.successful
+        out[name] = (int(sol.stats["num_matvecs"]), float(sol.stats["residual"]))
+    assert jl.GMRES(rtol=RTOL, atol=0.0).reorthogonalize
+    assert out["default"] == out["cgs2"]
+    assert out["default"][1] != out["cgs1"][1]
+
+
 @pytest.mark.parametrize(
     "make",
     [
