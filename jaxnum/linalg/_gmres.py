@@ -67,12 +67,12 @@ class GMRES(lx.AbstractLinearSolver):
         product that reports its true residual (`num_matvecs` counts it).
     - `reorthogonalize`: classical Gram-Schmidt twice (CGS2, as stable as modified
         Gram-Schmidt), the default. `False` does one pass, as `lineax.GMRES` and
-        PETSc's default: the exit test is on the true residual, so orthogonality lost to rounding
-        costs products, never accuracy, and one pass halves the orthogonalisation.
-        On the 128^2 convection-diffusion benchmark one pass took 1/1.57 of CGS2's
-        time for 2.3% more products (`docs/linalg.md`); pass
-        `reorthogonalize=False` where Gram-Schmidt dominates a step (a cheap
-        stencil operator, a long cycle).
+        PETSc's default: the exit test is on the true residual, so orthogonality
+        lost to rounding costs products, never accuracy, and one pass halves the
+        orthogonalisation. On the 128^2 convection-diffusion benchmark one pass
+        took 1/1.57-1/1.65 of CGS2's time for 1-2% more products
+        (`benchmarks/README.md`); pass `reorthogonalize=False` where Gram-Schmidt
+        dominates a step (a cheap stencil operator, a long cycle).
     - `coarse_blocks`: two-level (subdomain) deflation for star-stencil operators
         without wrap-around (5-point 2D, 7-point 3D): the block edge (one int, or
         one per grid axis). The solver then runs on `P A x̂ = P b`, `P = I - A Z
