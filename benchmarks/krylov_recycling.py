@@ -259,26 +259,22 @@ def record_row(rows, label, mv, cpu, wall, sols, mats, b, refs, note="", per=1, 
 
 def stepped_sequence(make, rhs, params, solver, perm, preconditioner=None):
     """The solves of `solve_sequence(make, params, rhs, solver, order=perm,
-    preconditioner=...)`, one jitted call per system, carrying the recycle space from
-    call to call as the sequence's `lax.scan` does: per-system times, for medians.
+    preconditioner=...)`, one jitted call per system: each call is `solve_sequence`
+    itself on that one system, started from the space the previous call returned, as
+    the sequence's `lax.scan` carries it. Per-system times, for medians.
 
     Returns the per-system `Clock`s and products, both in the caller's order (the
     products should equal the scan's; rounding in a differently compiled program
     may move a carried sequence's by a little)."""
-    recycles = hasattr(solver, "empty_recycle")
 
     def step(space, p):
-        op = make(p)
-        options = {}
-        if preconditioner is not None:
-            options["preconditioner"] = preconditioner(op)
-        if recycles:
-            options["recycle"] = space
-        sol = lx.linear_solve(op, rhs, solver, options=options, throw=False)
-        return (sol.stats["recycle"] if recycles else space), sol.stats["num_matvecs"]
+        one = jax.tree_util.tree_map(lambda x: x[None], p)
+        out = jl.solve_sequence(make, one, rhs, solver, order="given", preconditioner=preconditioner,
+                                recycle=space, throw=False)
+        return out.recycle, out.stats["num_matvecs"][0]
 
     perm = [int(i) for i in np.asarray(perm)]
-    space = solver.empty_recycle(make(take(params, perm[0]))) if recycles else jnp.zeros(())
+    space = solver.empty_recycle(make(take(params, perm[0])))
     compiled = jax.jit(step).lower(space, take(params, perm[0])).compile()
     clocks, mvs = [None] * len(perm), [0] * len(perm)
     for i in perm:
